@@ -1,0 +1,1 @@
+"""Kokoro TTS served from Ray Serve."""

@@ -1,0 +1,92 @@
+"""Ray Serve deployments holding the models, one deployment per model version."""
+from dataclasses import dataclass
+from pathlib import Path
+import json
+import logging
+
+from ray import serve
+import ray
+import torch
+
+from .dummy_weights import make_dummy_model
+from .errors import ModelFileError
+from .kokoro_v1 import KokoroV1Wrapper
+from .model_loading import load_model
+from .versions import V1_0, ModelVersion
+from .voices import VoiceLibrary
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    version: str
+    weights: str              # "local" or "dummy"
+    model_root: str
+    config_path: str | None   # None: the config shipped in the package
+
+
+def load_config(version: ModelVersion, config_path: str | None) -> dict:
+    if config_path is None:
+        return version.packaged_config()
+    try:
+        return json.loads(Path(config_path).read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"model config {config_path} for {version.name} cannot be read: {e}") from e
+
+
+def use_assigned_cpus() -> None:
+    # torch defaults to every core of the node; a replica should use the CPUs Ray gave it.
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, round(cpus)))
+
+
+class ModelReplica:
+    """What every model version's replica does: load its model and voices, serve audio."""
+    version: ModelVersion
+
+    def __init__(self, settings: ModelSettings):
+        use_assigned_cpus()
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        config = load_config(self.version, settings.config_path)
+        if settings.weights == "dummy":
+            model, voices = make_dummy_model(self.version, config), VoiceLibrary(self.version, None)
+        else:
+            root = Path(settings.model_root)
+            model, voices = load_model(self.version, config, root), VoiceLibrary(self.version, root)
+        self.engine = self.make_engine(model.to(self.device), voices)
+        self._fatal: Exception | None = None
+        logger.info("%s replica ready on %s with %d torch threads, %d voices",
+                    self.version.name, self.device, torch.get_num_threads(), len(voices.names()))
+
+    def make_engine(self, model, voices: VoiceLibrary):
+        raise NotImplementedError
+
+    async def forward(self, text: str, voice: str, lang_code: str | None = None,
+                      speed: float = 1.0, seed: int | None = None):
+        try:
+            async for chunk in self.engine.forward(text, voice, lang_code, speed, seed):
+                yield chunk
+        except RuntimeError as e:
+            # A broken CUDA context does not heal (running out of memory does): let Serve replace the replica.
+            if "CUDA" in str(e) and not isinstance(e, torch.cuda.OutOfMemoryError):
+                self._fatal = e
+            raise
+
+    def voices(self) -> list[str]:
+        return self.engine.voices.names()
+
+    def check_health(self) -> None:
+        if self._fatal is not None:
+            raise RuntimeError(f"model unusable after: {self._fatal}")
+        probe = torch.ones(1, device=self.device) + 1
+        if probe.item() != 2:
+            raise RuntimeError(f"{self.device} computes wrong results")
+
+
+@serve.deployment(name="KokoroV1Model")
+class KokoroV1Model(ModelReplica):
+    version = V1_0
+
+    def make_engine(self, model, voices):
+        return KokoroV1Wrapper(model, voices)

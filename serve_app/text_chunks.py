@@ -1,0 +1,85 @@
+"""Split request text into chunks for synthesis, one model call per chunk.
+
+The ingress sends chunks to replicas concurrently and streams the audio back in
+order, so a short first chunk gets the first audio out fast while later,
+larger chunks keep the per-call overhead low.
+
+Cuts are made only at spaces (or, for a word longer than the limit, hard at the
+limit), so joining the chunks with single spaces gives back the text with its
+whitespace normalised. Boundaries are preferred in the order Kokoro's own
+KPipeline.waterfall_last uses: sentence end, then clause mark, then comma/dash.
+Packing is greedy: each chunk takes everything up to the last best boundary
+that fits. So a chunk is only short when the text forces it (a short paragraph,
+or a short sentence followed by one that does not fit); such a chunk is still a
+whole sentence, which is the natural unit for prosody anyway.
+"""
+
+# English speech runs at about 15 characters a second, so a 100-character
+# first chunk is about 6-7 s of audio: usually one whole opening sentence, and
+# long enough to cover synthesising the next (larger) chunk, which starts at
+# the same time.
+FIRST_CHUNK_CHARS = 100
+# The model takes at most 510 phonemes a call; English averages a bit under one
+# phoneme a character, and numbers, symbols and abbreviations expand further
+# ("$1,250" is many more phonemes than characters). 400 characters leaves
+# about a quarter of headroom, so the model rarely has to re-split, while
+# keeping calls (and the prosody resets between them) few.
+CHUNK_CHARS = 400
+
+# Kokoro's waterfall, strongest boundary first: sentence, clause, comma/dash.
+_WATERFALL = (set("!.?…"), set(":;"), set(",—"))
+_PLAIN_SPACE = len(_WATERFALL)
+# Closing quotes and brackets after a mark stay with it ('He said “Stop.” Then').
+_CLOSERS = "\"')]}”’»"
+
+
+def normalize_whitespace(text: str) -> str:
+    """Collapse whitespace within lines to single spaces; lines become paragraphs.
+
+    Blank lines are dropped, so paragraphs are joined by exactly one newline.
+    """
+    lines = (" ".join(line.split()) for line in text.splitlines())
+    return "\n".join(line for line in lines if line)
+
+
+def _rank(text: str, space: int) -> int:
+    """Boundary strength of cutting at text[space] (a space); lower is better."""
+    mark = text[:space].rstrip(_CLOSERS)[-1:]
+    # A lowercase word after a sentence mark ("e.g. the", "and so... on") means
+    # it did not end a sentence. Abbreviations before capitals ("Dr. Smith")
+    # still count as sentence ends; a cut there only costs a short pause.
+    if mark in _WATERFALL[0] and text[space + 1 : space + 2].islower():
+        return _PLAIN_SPACE
+    return next((r for r, marks in enumerate(_WATERFALL) if mark in marks), _PLAIN_SPACE)
+
+
+def _cut(text: str, limit: int) -> int:
+    """Where to cut text, which is longer than limit, so that text[:cut] fits."""
+    # A space at index limit still leaves a chunk of exactly limit characters.
+    spaces = [i for i, c in enumerate(text[: limit + 1]) if c == " "]
+    if not spaces:
+        return limit  # one word longer than the limit: cut it hard
+    return min(spaces, key=lambda i: (_rank(text, i), -i))
+
+
+def split_text(
+    text: str,
+    first_chunk_chars: int = FIRST_CHUNK_CHARS,
+    chunk_chars: int = CHUNK_CHARS,
+) -> list[str]:
+    """Split text into non-empty, stripped chunks, in order, none spanning a newline.
+
+    The first chunk has at most first_chunk_chars characters, later ones at
+    most chunk_chars. " ".join(chunks) == " ".join(text.split()), except that
+    a word longer than the limit is cut into pieces with no space between them.
+    """
+    if first_chunk_chars < 1 or chunk_chars < 1:
+        raise ValueError("chunk limits must be at least 1 character")
+    chunks: list[str] = []
+    for para in normalize_whitespace(text).split("\n"):
+        while para:
+            limit = chunk_chars if chunks else first_chunk_chars
+            cut = len(para) if len(para) <= limit else _cut(para, limit)
+            chunks.append(para[:cut])
+            para = para[cut:].lstrip()
+    return chunks
