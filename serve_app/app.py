@@ -8,12 +8,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
 from .ingress import SpeechIngress
-from .model_deployments import KokoroV1Model, ModelSettings
+from .model_deployments import KokoroV019Model, KokoroV1Model, ModelSettings
 from .versions import DEFAULT_VERSION
 
 logger = logging.getLogger("ray.serve")
 
-MODEL_DEPLOYMENTS = {"v1.0": KokoroV1Model}
+MODEL_DEPLOYMENTS = {"v1.0": KokoroV1Model, "v0.19": KokoroV019Model}
 
 
 class AppArgs(BaseModel):

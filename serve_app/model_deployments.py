@@ -10,9 +10,10 @@ import torch
 
 from .dummy_weights import make_dummy_model
 from .errors import ModelFileError
+from .kokoro_v0_19 import KokoroV019Engine
 from .kokoro_v1 import KokoroV1Wrapper
 from .model_loading import load_model
-from .versions import V1_0, ModelVersion
+from .versions import V0_19, V1_0, ModelVersion
 from .voices import VoiceLibrary
 
 logger = logging.getLogger(__name__)
@@ -90,3 +91,11 @@ class KokoroV1Model(ModelReplica):
 
     def make_engine(self, model, voices):
         return KokoroV1Wrapper(model, voices)
+
+
+@serve.deployment(name="KokoroV019Model")
+class KokoroV019Model(ModelReplica):
+    version = V0_19
+
+    def make_engine(self, model, voices):
+        return KokoroV019Engine(model, voices)

@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny model releases on disk, one Ray Serve instance per test session."""
+from dataclasses import dataclass
+from pathlib import Path
+import copy
+import os
+import socket
+
+import pytest
+import yaml
+
+from tiny_release import save_release
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+V1_VOICES = ["af_heart", "af_bella", "am_adam", "bf_emma", "ef_dora"]
+V0_19_VOICES = ["af", "af_bella", "am_adam", "bf_emma"]
+
+
+@dataclass(frozen=True)
+class Release:
+    root: Path
+    configs: dict[str, str]  # version -> tiny config.json
+
+
+@pytest.fixture(scope="session")
+def release(tmp_path_factory) -> Release:
+    from serve_app.versions import V0_19, V1_0
+
+    root = tmp_path_factory.mktemp("kokoro-models")
+    return Release(root, {
+        "v1.0": str(save_release(V1_0, root, V1_VOICES, seed=1)),
+        "v0.19": str(save_release(V0_19, root, V0_19_VOICES, seed=2)),
+    })
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_url():
+    """One Ray + Serve for the whole session (starting Ray costs seconds); tests deploy configs into it."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=8, include_dashboard=False, object_store_memory=500 * 2**20, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def project_app_config(**args) -> dict:
+    """serve_config.yaml's application, with its args replaced: tests run the shipped deployment settings."""
+    config = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    app = copy.deepcopy(config["applications"][0])
+    app["args"] = {**app["args"], **args}
+    versions = app["args"]["versions"]
+    wanted = {"SpeechIngress"} | {{"v1.0": "KokoroV1Model", "v0.19": "KokoroV019Model"}[v] for v in versions}
+    app["deployments"] = [d for d in app["deployments"] if d["name"] in wanted]
+    return app
+
+
+def deploy(app: dict, timeout_s: int = 120) -> None:
+    """Deploy an application config the way `serve deploy` and KubeRay do, and wait until it runs."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    client = _get_global_client()
+    client.deploy_apps(ServeDeploySchema.model_validate({"applications": [app]}))
+    client._wait_for_application_running(app["name"], timeout_s=timeout_s)
+
+
+@pytest.fixture(scope="module")
+def both_versions(serve_url, release) -> str:
+    """Both versions served from the tiny local releases through the strict loader."""
+    deploy(project_app_config(model_root=str(release.root), weights="local",
+                              versions=["v1.0", "v0.19"], configs=release.configs))
+    return serve_url
