@@ -26,12 +26,15 @@ class AppArgs(BaseModel):
     configs: dict[str, str] = Field(default_factory=dict)
     max_input_chars: int = Field(10_000, gt=0)
     chunks_in_flight: int = Field(2, ge=1)
+    # When set, every /v1 request needs `Authorization: Bearer <key>`. Env KOKORO_API_KEY overrides.
+    api_key: str | None = None
 
 
 def resolve_args(args: dict) -> AppArgs:
     """Args from the config, with KOKORO_WEIGHTS and KOKORO_MODEL_ROOT taking precedence."""
     overrides = {key: os.environ[var] for key, var in
-                 (("weights", "KOKORO_WEIGHTS"), ("model_root", "KOKORO_MODEL_ROOT")) if os.environ.get(var)}
+                 (("weights", "KOKORO_WEIGHTS"), ("model_root", "KOKORO_MODEL_ROOT"),
+                                   ("api_key", "KOKORO_API_KEY")) if os.environ.get(var)}
     resolved = AppArgs.model_validate({**args, **overrides})
     unknown = [v for v in resolved.versions + list(resolved.configs) if v not in MODEL_DEPLOYMENTS]
     if unknown:
@@ -53,4 +56,4 @@ def build_app(args: dict) -> Application:
         for version in resolved.versions
     }
     return SpeechIngress.bind(models, max_input_chars=resolved.max_input_chars,
-                              chunks_in_flight=resolved.chunks_in_flight)
+                              chunks_in_flight=resolved.chunks_in_flight, api_key=resolved.api_key)

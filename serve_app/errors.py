@@ -36,3 +36,8 @@ class ModelFileError(RuntimeError):
 class InputTooLong(ServiceError):
     status = 413
     type = "invalid_request_error"
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    type = "invalid_request_error"

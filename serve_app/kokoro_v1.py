@@ -12,6 +12,7 @@ import spacy
 from .errors import InvalidRequest
 from .synthesis import AudioChunk, Word, steps_in_threads
 from .voices import VoiceLibrary
+from .word_timings import from_misaki_tokens, from_phoneme_words
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def espeak_english_pipeline(lang_code: str, repo_id: str, model: KModel) -> KPip
 
     misaki's English G2P would download that model (and fail offline). KPipeline's espeak
     branch (any non-English code) phonemises whole sentences with `self.g2p`, so that branch
-    with an English espeak G2P is an offline English pipeline. No word timings on this path.
+    with an English espeak G2P is an offline English pipeline.
     """
     pipeline = KPipeline(lang_code="e", repo_id=repo_id, model=model)
     pipeline.g2p = espeak.EspeakG2P(language=ESPEAK_ENGLISH[lang_code])
@@ -82,10 +83,9 @@ class KokoroV1Wrapper:
         results = pipeline(text, voice=pack, speed=speed)
         async for result in steps_in_threads(results, self._model_lock, seed):
             if result.audio is not None:
-                yield AudioChunk(result.audio.numpy(), words_of(result.tokens))
+                yield AudioChunk(result.audio.numpy(), self.words_of(result))
 
-
-def words_of(tokens) -> list[Word]:
-    """Word timings from misaki's English tokens (other front ends give none)."""
-    return [Word(t.text, t.start_ts, t.end_ts) for t in tokens or ()
-            if t.start_ts is not None and t.end_ts is not None]
+    def words_of(self, result: KPipeline.Result) -> list[Word]:
+        if result.tokens is not None:  # misaki's English G2P
+            return from_misaki_tokens(result.tokens)
+        return from_phoneme_words(result.graphemes, result.phonemes, result.pred_dur, self.model.vocab)

@@ -1,6 +1,7 @@
 """Ray Serve deployments holding the models, one deployment per model version."""
 from dataclasses import dataclass
 from pathlib import Path
+import asyncio
 import json
 import logging
 
@@ -57,6 +58,7 @@ class ModelReplica:
             model, voices = load_model(self.version, config, root), VoiceLibrary(self.version, root)
         self.engine = self.make_engine(model.to(self.device), voices)
         self._fatal: Exception | None = None
+        self._counts = {"chunks": 0, "cancelled": 0}
         logger.info("%s replica ready on %s with %d torch threads, %d voices",
                     self.version.name, self.device, torch.get_num_threads(), len(voices.names()))
 
@@ -67,12 +69,21 @@ class ModelReplica:
                       speed: float = 1.0, seed: int | None = None):
         try:
             async for chunk in self.engine.forward(text, voice, lang_code, speed, seed):
+                self._counts["chunks"] += 1
                 yield chunk
+        except (asyncio.CancelledError, GeneratorExit):
+            self._counts["cancelled"] += 1
+            logger.info("%s synthesis cancelled: the client went away", self.version.name)
+            raise
         except RuntimeError as e:
             # A broken CUDA context does not heal (running out of memory does): let Serve replace the replica.
             if "CUDA" in str(e) and not isinstance(e, torch.cuda.OutOfMemoryError):
                 self._fatal = e
             raise
+
+    def stats(self) -> dict:
+        """Audio chunks made and calls cancelled by this replica (what tests and operators watch)."""
+        return dict(self._counts)
 
     def voices(self) -> list[str]:
         return self.engine.voices.names()

@@ -42,6 +42,9 @@ def free_port() -> int:
 def serve_url():
     """One Ray + Serve for the whole session (starting Ray costs seconds); tests deploy configs into it."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Autoscaling tests need load metrics within a fraction of a second, not every 10 s.
+    os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.2")
+    os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.2")
     import ray
     from ray import serve
 

@@ -1,0 +1,158 @@
+"""Benchmark an OpenAI-compatible speech endpoint against Kokoro called in-process.
+
+    python -m bench.run                         # start the service (dummy weights), run everything
+    python -m bench.run --url http://host:8000 --model kokoro --voice af_heart --no-in-process
+
+Scenarios: `short` (one client, one sentence), `paragraph` (one client, ~600 characters) and
+`cN` (N clients at once, each sending the paragraph). Results are printed and appended to --out.
+"""
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+import argparse
+import asyncio
+import math
+import os
+import shlex
+import sys
+import tempfile
+import time
+
+from . import client, in_process, report
+from .service import ServeProcess
+from .stats import Measurement, evaluate
+
+SHORT = "The quick brown fox jumps over the lazy dog."
+PARAGRAPH = (  # 601 characters, five sentences
+    "The old lighthouse stood at the edge of the cliff, its white paint peeling after decades of salt and wind. "
+    "Every evening the keeper climbed the spiral stairs to light the lamp, counting each of the one hundred "
+    "and twelve steps out loud. Ships passing in the night relied on its steady beam to steer clear of the "
+    "rocks below, and few of their captains ever knew the name of the man who kept it burning. When the "
+    "keeper finally retired, the town held a small ceremony on the harbour wall, where children sang, "
+    "fishermen told stories, and the mayor thanked him for forty years of quiet, faithful service.")
+TEXTS = {"short": SHORT, "paragraph": PARAGRAPH}
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def scenario_clients(name: str) -> tuple[str, int]:
+    """`short`/`paragraph` -> (text, 1 client); `cN` -> (paragraph, N clients)."""
+    if name in TEXTS:
+        return name, 1
+    if name[:1] == "c" and name[1:].isdigit() and int(name[1:]) > 0:
+        return "paragraph", int(name[1:])
+    raise argparse.ArgumentTypeError(f"unknown scenario '{name}': use short, paragraph or cN (N clients)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help=f"base URL of the service (default {DEFAULT_URL})")
+    parser.add_argument("--model", default="kokoro", help="the request's `model` (default kokoro)")
+    parser.add_argument("--voice", default="af_heart", help="the request's and the in-process voice")
+    parser.add_argument("--scenarios", default="short,paragraph,c4,c8,c16",
+                        type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
+                        help="comma-separated: short, paragraph, cN (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="requests per scenario at least; each of N clients sends ceil(repeats/N) (default 3)")
+    parser.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure the in-process KPipeline baseline first (default on)")
+    parser.add_argument("--device", default=None, help="in-process device (default cuda if available, else cpu)")
+    parser.add_argument("--start-service", action=argparse.BooleanOptionalAction, default=None,
+                        help="start `serve run` with dummy weights for the run and stop it after "
+                             "(default: on unless --url is given)")
+    parser.add_argument("--serve-config", default="serve_config.yaml",
+                        help="config for --start-service; its port must match --url")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per request (default 600)")
+    parser.add_argument("--poll-interval", type=float, default=0.5,
+                        help="seconds between polls of /health and /v1/models during scenarios")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to append to")
+    parser.add_argument("--label", help="heading of this run's section (default: the device)")
+    args = parser.parse_args(argv)
+    try:
+        for name in args.scenarios:
+            scenario_clients(name)
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e))
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if args.start_service is None:
+        args.start_service = args.url is None
+    args.url = (args.url or DEFAULT_URL).rstrip("/")
+    return args
+
+
+def run_in_process(args, cores: int) -> list[Measurement]:
+    """One process on all cores, one process on one core, and one single-threaded process per core."""
+    plans = [(1, cores, TEXTS), (1, 1, TEXTS)]
+    if cores > 1:
+        plans.append((cores, 1, {"paragraph": TEXTS["paragraph"]}))
+    results = []
+    for procs, threads, texts in plans:
+        print(f"in-process: {procs} process(es) x {threads} thread(s) on {args.device} ...", flush=True)
+        results += in_process.measure(texts, procs, threads, args.repeats, args.voice, device=args.device)
+    return results
+
+
+async def warm_up(args, body: dict, deadline_s: float = 600) -> None:
+    """One short request that succeeds: model replicas are up and their pipelines built."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        samples, _ = await client.run_clients(args.url, {**body, "input": SHORT}, 1, 1, args.timeout)
+        if samples[0].error is None:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"warm-up request to {args.url} keeps failing: {samples[0].error}")
+        print(f"warm-up request failed ({samples[0].error}); retrying", flush=True)
+        await asyncio.sleep(2)
+
+
+async def run_service(args, rss=client.replica_rss) -> tuple[dict[str, Measurement], int | None]:
+    """Every scenario in turn; `rss` gives the replicas' resident bytes by pid."""
+    body = {"model": args.model, "voice": args.voice, "response_format": "pcm", "stream": True}
+    await warm_up(args, body)
+    rss_idle = max(rss().values(), default=None)
+    results = {}
+    for name in args.scenarios:
+        text, clients = scenario_clients(name)
+        print(f"service: {name} ({clients} client(s), {text}) ...", flush=True)
+        async with client.Monitor(args.url, interval=args.poll_interval, rss=rss) as monitor:
+            samples, wall = await client.run_clients(args.url, {**body, "input": TEXTS[text]}, clients,
+                                                     math.ceil(args.repeats / clients), args.timeout)
+        results[name] = Measurement(text, clients, samples, wall, polls=monitor.polls, rss_peak=monitor.rss_peak)
+    return results, rss_idle
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    command = shlex.join(["python", "-m", "bench.run"] + (sys.argv[1:] if argv is None else argv))
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    info = report.machine()
+    cores = report.usable_cores()
+    args.device = args.device or ("cuda" if info["GPU"] != "none" else "cpu")
+
+    # In-process first, before the service exists, so neither competes with the other for cores.
+    baseline = run_in_process(args, cores) if args.in_process else []
+    if args.start_service:
+        log = Path(tempfile.gettempdir()) / f"bench-serve-{os.getpid()}.log"
+        print(f"starting the service: serve run {args.serve_config} (log: {log}) ...", flush=True)
+        with ServeProcess(args.serve_config, args.url, log) as serve:
+            # Only our replicas: other Serve instances on this machine may run KokoroV1Model too.
+            service, rss_idle = asyncio.run(run_service(args, partial(client.replica_rss, within=serve.pid)))
+    else:
+        service, rss_idle = asyncio.run(run_service(args))
+
+    peaks = [m.rss_peak for m in service.values() if m.rss_peak is not None] + ([rss_idle] if rss_idle else [])
+    targets = evaluate(service, baseline, cores, max(peaks, default=None))
+    label = args.label or (f"GPU: {info['GPU']}" if info["GPU"] != "none" else f"CPU: {cores} cores")
+    endpoint = f"{args.url} (model {args.model}, voice {args.voice}" + \
+               (f", started from {args.serve_config} with dummy weights)" if args.start_service else ")")
+    section = report.render(label, date, command, info, endpoint, service, baseline, rss_idle, targets)
+    print("\n" + section)
+    report.append_report(args.out, section)
+    print(f"appended to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Start the service for the benchmark (`serve run` with dummy weights) and stop it afterwards."""
+from pathlib import Path
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class ServeProcess:
+    """`serve run <config>` with KOKORO_WEIGHTS=dummy in its own process group, on a fresh local Ray.
+
+    The config decides the port: `url` must point at it. Stopping: SIGINT to `serve run` (it
+    shuts Serve down and its Ray with it), then SIGTERM and SIGKILL to the whole group.
+    """
+
+    def __init__(self, config: str, url: str, log_path: Path, startup_timeout_s: float = 600):
+        self.config, self.url, self.log_path, self.startup_timeout_s = config, url, log_path, startup_timeout_s
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "ServeProcess":
+        if answers(self.url):
+            raise RuntimeError(f"a service already answers at {self.url}; stop it, or benchmark it "
+                               "with --no-start-service")
+        serve_cli = Path(sys.executable).with_name("serve")
+        env = {**os.environ, "KOKORO_WEIGHTS": "dummy", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [str(serve_cli) if serve_cli.exists() else "serve", "run", "--address", "local", self.config],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            self._wait_until_up()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _wait_until_up(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not answers(self.url):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"`serve run` exited with {self.process.returncode}; see {self.log_path}:\n"
+                                   + self.log_tail())
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no answer from {self.url}/health after {self.startup_timeout_s} s; "
+                                   f"see {self.log_path}")
+            time.sleep(1)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        group = self.process.pid  # start_new_session: the group's id is the leader's pid
+        steps = [(lambda: self.process.send_signal(signal.SIGINT), 60),
+                 (lambda: os.killpg(group, signal.SIGTERM), 15),
+                 (lambda: os.killpg(group, signal.SIGKILL), 5)]
+        for send, wait_s in steps:
+            try:
+                send()
+            except ProcessLookupError:
+                pass
+            if _group_gone(group, self.process, wait_s):
+                break
+        self.process = None
+
+
+def _group_gone(group: int, leader: subprocess.Popen, wait_s: float) -> bool:
+    """Wait up to wait_s for the leader and then every process of its group to exit."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if leader.poll() is not None:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return True
+        time.sleep(0.5)
+    return False

@@ -1,0 +1,313 @@
+"""The benchmark harness (bench/): its maths, targets, report, and HTTP client against a fake server."""
+from argparse import Namespace
+from pathlib import Path
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+import uvicorn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is not an installed package
+from bench import client, in_process, report, run
+from bench.stats import Measurement, Poll, Sample, evaluate, percentile, poll_summary
+
+# --- maths -----------------------------------------------------------------------------------
+
+
+def test_percentile_interpolates_linearly_and_is_none_for_no_values():
+    values = [float(v) for v in range(1, 11)]
+    assert percentile(values, 50) == pytest.approx(5.5)
+    assert percentile(values, 95) == pytest.approx(9.55)
+    assert percentile([3.0], 95) == 3.0
+    assert percentile([], 50) is None
+
+
+def test_measurement_summary_counts_only_successful_requests():
+    ok = [Sample(ttfb=float(t), total=t + 1.0, audio_s=2.0) for t in range(1, 11)]
+    failed = [Sample(None, 0.5, 0.0, "HTTP 503"), Sample(0.2, 3.0, 0.5, "ReadError")]
+    m = Measurement("paragraph", 4, ok + failed, wall=40.0)
+    assert m.errors == {"HTTP 503": 1, "ReadError": 1}
+    assert (m.ttfb_p50, m.ttfb_p95, m.total_p50) == pytest.approx((5.5, 9.55, 6.5))
+    assert m.audio_per_s == pytest.approx(20.0 / 40.0)
+    assert m.rtf_p50 == pytest.approx(6.5 / 2.0)
+    empty = Measurement("short", 1, failed, wall=1.0)
+    assert (empty.ttfb_p50, empty.audio_per_s, empty.rtf_p50) == (None, None, None)
+
+
+def test_poll_summary_reports_slowest_and_non_200():
+    slowest, bad = poll_summary([Poll(0.1, 200), Poll(0.7, 200), Poll(0.2, 404), Poll(5.0, "ReadTimeout")])
+    assert slowest == 5.0 and bad == {404: 1, "ReadTimeout": 1}
+    assert poll_summary([]) == (None, {})
+
+
+# --- targets ---------------------------------------------------------------------------------
+
+
+def measurement(text, clients, ttfb, total, audio, wall, n=1, threads=None, errors=0, polls=None):
+    samples = [Sample(ttfb, total, audio) for _ in range(n)] + [Sample(None, 1.0, 0.0, "HTTP 503")] * errors
+    return Measurement(text, clients, samples, wall, threads=threads, polls=polls or {})
+
+
+GOOD_POLLS = {"/health": [Poll(0.01, 200), Poll(0.3, 200)], "/v1/models": [Poll(0.02, 200)]}
+CORES = 2
+
+
+def baseline():
+    return [measurement("paragraph", 1, 8.0, 20.0, 40.0, wall=20.0, threads=2),         # 2.0 audio s/s
+            measurement("paragraph", 1, 16.0, 40.0, 40.0, wall=1.0, threads=1),         # 40: not all cores
+            measurement("paragraph", 2, 18.0, 36.0, 40.0, wall=36.0, n=2, threads=1)]   # 2.22: the best
+
+
+def service(**changes):
+    scenarios = {
+        "paragraph": measurement("paragraph", 1, 4.0, 21.0, 40.0, wall=21.0),            # 1.905 audio s/s
+        "c4": measurement("paragraph", 4, 10.0, 80.0, 40.0, wall=80.0, n=4, polls=GOOD_POLLS),
+        "c8": measurement("paragraph", 8, 20.0, 150.0, 40.0, wall=150.0, n=8),          # 2.133 audio s/s
+    }
+    return {**scenarios, **changes}
+
+
+def verdicts(targets):
+    return [t.passed for t in targets]
+
+
+def test_targets_pass_with_ratios_inside_the_limits():
+    targets = evaluate(service(), baseline(), CORES, rss_peak=int(1.2e9))
+    assert verdicts(targets) == [True] * 7, "\n".join(t.line() for t in targets)
+    assert "= 0.200 (needs <= 0.25)" in targets[0].detail      # 4.0 / 20.0
+    assert "= 0.952 (needs >= 0.9)" in targets[1].detail       # 1.905 / 2.0
+    assert "= 0.960 (needs >= 0.95)" in targets[2].detail      # 2.133 / 2.222 (2 x 1 beats 1 x 2)
+    assert "served 8/8" in targets[2].detail
+    assert "= 2.500 (needs <= 3)" in targets[3].detail         # 10 / 4
+    assert targets[6].line().startswith("PASS") and "1200 MB" in targets[6].detail
+
+
+def test_targets_miss_beyond_the_limits():
+    slow_models = {"/health": [Poll(0.6, 200)], "/v1/models": [Poll(0.01, 404), Poll(0.01, 404)]}
+    targets = evaluate(service(
+        paragraph=measurement("paragraph", 1, 6.0, 25.0, 40.0, wall=25.0),            # 0.3 and 0.8
+        c4=measurement("paragraph", 4, 18.5, 80.0, 40.0, wall=80.0, n=4, polls=slow_models),
+        c8=measurement("paragraph", 8, 20.0, 150.0, 40.0, wall=150.0, n=8, errors=1),  # ratio fine, one failed
+    ), baseline(), CORES, rss_peak=int(1.6e9))
+    assert verdicts(targets) == [False] * 7, "\n".join(t.line() for t in targets)
+    assert "served 8/9" in targets[2].detail
+    assert "404 x2 (404: endpoint not implemented)" in targets[5].detail
+    assert targets[0].line().startswith("MISS")
+
+
+def test_targets_not_measured_without_scenario_baseline_or_replica():
+    targets = evaluate({"short": measurement("short", 1, 0.5, 1.0, 3.0, wall=1.0)}, [], CORES, rss_peak=None)
+    assert verdicts(targets) == [None] * 7
+    assert all(t.line().startswith("n/a") for t in targets)
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def test_report_appends_sections_with_command_tables_and_targets(tmp_path):
+    out = tmp_path / "docs" / "benchmarks.md"
+    scenarios = service()
+    scenarios["c4"].rss_peak = int(812e6)
+    targets = evaluate(scenarios, baseline(), CORES, rss_peak=int(812e6))
+    info = {"CPU": "Test CPU, 2 usable cores", "GPU": "none"}
+    for label in ("CPU run", "GPU run"):
+        section = report.render(label, "2030-01-01 00:00 UTC", "python -m bench.run --repeats 3", info,
+                                "http://127.0.0.1:8000", scenarios, baseline(), int(700e6), targets)
+        report.append_report(out, section)
+    text = out.read_text()
+    assert text.startswith("# Benchmarks") and text.count("# Benchmarks") == 1
+    assert text.index("## CPU run (2030-01-01 00:00 UTC)") < text.index("## GPU run (2030-01-01 00:00 UTC)")
+    assert text.count("Command: `python -m bench.run --repeats 3`") == 2
+    assert "- CPU: Test CPU, 2 usable cores" in text
+    # c4: 4 requests, no errors, first audio 10 s, whole 80 s, 160 s audio / 80 s, RTF 2, polls, RSS
+    assert "| c4 | 4 | 4 | 0 | 10.000 | 10.000 | 80.000 | 2.00 | 2.000 | 0.300 | 0.020 | 812 |" in text
+    assert "| paragraph | 2 x 1 | 2 | 0 | 18.000 | 18.000 | 36.000 | 2.22 | 0.900 |" in text
+    assert "Replica RSS after warm-up: 700 MB" in text
+    assert text.count("PASS  paragraph first audio <= 25% of in-process whole-paragraph time") == 2
+
+
+def test_machine_info_names_cpu_memory_and_torch():
+    info = report.machine()
+    assert f"{report.usable_cores()} usable cores" in info["CPU"]
+    assert "torch" in info["Software"] and info["Memory"].endswith("GiB")
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def test_arguments_scenarios_and_service_default():
+    args = run.parse_args([])
+    assert args.start_service and args.url == run.DEFAULT_URL
+    assert args.scenarios == ["short", "paragraph", "c4", "c8", "c16"]
+    args = run.parse_args(["--url", "http://other:9000/", "--scenarios", "short,c12"])
+    assert not args.start_service and args.url == "http://other:9000"
+    assert [run.scenario_clients(s) for s in args.scenarios] == [("short", 1), ("paragraph", 12)]
+    assert run.parse_args(["--url", "http://x", "--start-service"]).start_service
+    for bad in (["--scenarios", "short,long"], ["--scenarios", "c0"], ["--repeats", "0"]):
+        with pytest.raises(SystemExit):
+            run.parse_args(bad)
+
+
+def test_paragraph_is_about_600_characters():
+    assert 580 <= len(run.PARAGRAPH) <= 620
+
+
+# --- HTTP client against a fake speech server ------------------------------------------------
+
+DELAY_S = 0.4                                     # before the first byte
+PARTS = [b"\x01\x00" * 8000, b"\x02\x00" * 16000]  # 1 s of 24 kHz 16-bit pcm in all
+GAP_S = 0.05
+
+
+def fake_app(bodies: list):
+    async def speech(request: Request):
+        body = await request.json()
+        bodies.append(body)
+        if body.get("voice") == "missing":
+            return JSONResponse({"error": {"message": "no such voice"}}, status_code=400)
+
+        async def audio():
+            await asyncio.sleep(DELAY_S)
+            for part in PARTS:
+                yield part
+                await asyncio.sleep(GAP_S)
+        return StreamingResponse(audio(), media_type="audio/pcm")
+
+    async def health(_):
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(routes=[Route("/v1/audio/speech", speech, methods=["POST"]), Route("/health", health)])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fake_server():
+    bodies = []
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(fake_app(bodies), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "fake server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", bodies
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+def test_client_measures_first_byte_and_exact_audio_seconds(fake_server):
+    url, _ = fake_server
+    samples, wall = asyncio.run(client.run_clients(url, {"input": "hi", "voice": "v"}, clients=1,
+                                                   requests_per_client=2, timeout_s=10))
+    assert len(samples) == 2
+    for s in samples:
+        assert s.error is None
+        assert s.audio_s == 1.0                                   # 48000 bytes / 2 / 24000
+        assert DELAY_S <= s.ttfb < s.total
+        assert s.total >= DELAY_S + GAP_S
+    assert wall >= sum(s.total for s in samples)                  # one client: back to back
+
+
+def test_concurrent_clients_run_at_once_and_errors_are_counted(fake_server):
+    url, _ = fake_server
+    samples, wall = asyncio.run(client.run_clients(url, {"input": "hi", "voice": "v"}, clients=4,
+                                                   requests_per_client=1, timeout_s=10))
+    assert [s.error for s in samples] == [None] * 4
+    assert wall < 2 * DELAY_S                                     # one after another would take > 4x
+    failed, _ = asyncio.run(client.run_clients(url, {"input": "hi", "voice": "missing"}, 2, 1, 10))
+    assert [(s.error, s.audio_s, s.ttfb) for s in failed] == [("HTTP 400", 0.0, None)] * 2
+    refused, _ = asyncio.run(client.run_clients(f"http://127.0.0.1:{free_port()}", {}, 1, 1, 10))
+    assert refused[0].error == "ConnectError"
+
+
+def test_monitor_polls_endpoints_and_keeps_peak_rss(fake_server):
+    url, _ = fake_server
+    sizes = iter([{1: 100, 2: 300}, {1: 200}])
+
+    async def scenario():
+        async with client.Monitor(url, interval=0.1, rss=lambda: next(sizes, {})) as monitor:
+            await asyncio.sleep(1.2)
+        return monitor
+
+    monitor = asyncio.run(scenario())
+    assert len(monitor.polls["/health"]) >= 5
+    assert {p.status for p in monitor.polls["/health"]} == {200}
+    assert {p.status for p in monitor.polls["/v1/models"]} == {404}  # the fake has no /v1/models
+    assert monitor.rss_peak == 300
+
+
+def test_run_service_sends_pcm_streams_and_sizes_scenarios(fake_server):
+    url, bodies = fake_server
+    bodies.clear()
+    args = Namespace(url=url, model="kokoro", voice="af_heart", scenarios=["short", "c2"], repeats=3,
+                     timeout=10, poll_interval=0.2)
+    results, _ = asyncio.run(run.run_service(args))
+    assert list(results) == ["short", "c2"]
+    assert len(results["short"].samples) == 3                     # at least --repeats requests
+    assert len(results["c2"].samples) == 4 and results["c2"].clients == 2  # ceil(3 / 2) per client
+    assert len(bodies) == 1 + 3 + 4                               # warm-up first
+    assert all(b["response_format"] == "pcm" and b["stream"] is True and b["model"] == "kokoro"
+               and b["voice"] == "af_heart" for b in bodies)
+    assert [b["input"] for b in bodies[1:]] == [run.SHORT] * 3 + [run.PARAGRAPH] * 4
+    assert results["c2"].polls["/health"]
+
+
+# --- replica memory and the in-process baseline ----------------------------------------------
+
+
+def test_replica_rss_finds_processes_by_title():
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             "ray::ServeReplica:kokoro:KokoroV1Model"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                              "ray::ServeReplica:kokoro:KokoroV019Model"])
+    try:
+        deadline = time.monotonic() + 10
+        while fake.pid not in (sizes := client.replica_rss()):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert sizes[fake.pid] > 1e6 and other.pid not in sizes
+        assert fake.pid in client.replica_rss(within=os.getpid())  # a child of this process
+        assert client.replica_rss(within=other.pid) == {}           # which has no children
+    finally:
+        fake.kill()
+        other.kill()
+        fake.wait()
+        other.wait()
+
+
+def test_in_process_measure_with_a_tiny_model():
+    from tiny_release import tiny_config
+    from serve_app.versions import V1_0
+
+    texts = {"short": "Hello there.", "paragraph": "One sentence. And another one, a little longer."}
+    short, paragraph = in_process.measure(texts, procs=1, threads=1, repeats=2, voice="af_heart",
+                                          config=tiny_config(V1_0), timeout_s=120)
+    assert (short.text, paragraph.text, short.clients, short.threads) == ("short", "paragraph", 1, 1)
+    for m in (short, paragraph):
+        assert len(m.ok) == 2 and not m.errors
+        assert all(0 < s.ttfb <= s.total and s.audio_s > 0 for s in m.samples)
+        # the parent times each text between barriers: back to back requests, up to scheduling delays
+        assert m.wall == pytest.approx(sum(s.total for s in m.samples), rel=0.1)
+    assert paragraph.samples[0].audio_s > short.samples[0].audio_s
+
+
+def test_in_process_failure_in_a_worker_is_reported_not_waited_on():
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="in-process benchmark failed"):  # torch rejects 0 threads
+        in_process.measure({"short": "Hi."}, procs=1, threads=0, repeats=1, voice="af_heart", timeout_s=300)
+    assert time.monotonic() - start < 120
