@@ -4,12 +4,14 @@ Each measurement runs in fresh processes (multiprocessing 'spawn'), each buildin
 full-size dummy model, so `procs` x `threads` can be compared on the same footing and the
 benchmark process itself stays free of torch threads while it drives the service.
 """
+import logging
 import multiprocessing
 import os
 import queue
 import threading
 import time
 import traceback
+import warnings
 
 from .stats import SAMPLE_RATE, Measurement, Sample
 
@@ -33,6 +35,8 @@ def _worker(texts: list[str], repeats: int, voice: str, threads: int, device: st
     times, wait again (the parent times each text between the barriers)."""
     try:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        warnings.simplefilter("ignore")                          # torch's and kokoro's, once per process
+        logging.getLogger("serve_app").setLevel(logging.ERROR)   # the dummy-weights warning, ditto
         import torch
         from serve_app.dummy_weights import make_dummy_model
         from serve_app.kokoro_v1 import KokoroV1Wrapper

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from . import client, in_process, report
-from .service import ServeProcess
+from .service import ServeProcess, config_for_versions
 from .stats import Measurement, evaluate
 
 SHORT = "The quick brown fox jumps over the lazy dog."
@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default: on unless --url is given)")
     parser.add_argument("--serve-config", default="serve_config.yaml",
                         help="config for --start-service; its port must match --url")
+    parser.add_argument("--serve-versions", default="v1.0", type=lambda s: [v.strip() for v in s.split(",")],
+                        help="model versions the started service loads (default v1.0, the one measured)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per request (default 600)")
     parser.add_argument("--poll-interval", type=float, default=0.5,
                         help="seconds between polls of /health and /v1/models during scenarios")
@@ -128,25 +130,30 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "bench.run"] + (sys.argv[1:] if argv is None else argv))
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     info = report.machine()
+    load_at_start = report.load_average()  # other work on the machine skews every number
     cores = report.usable_cores()
     args.device = args.device or ("cuda" if info["GPU"] != "none" else "cpu")
+    endpoint = f"{args.url} (model {args.model}, voice {args.voice})"
+    serve = None
+    if args.start_service:  # set up (and fail) before the long in-process part
+        log = Path(tempfile.gettempdir()) / f"bench-serve-{os.getpid()}.log"
+        serve = ServeProcess(config_for_versions(args.serve_config, args.serve_versions), args.url, log)
+        endpoint += f", started by the benchmark: {args.serve_config}, versions {', '.join(args.serve_versions)}, dummy weights"
 
     # In-process first, before the service exists, so neither competes with the other for cores.
     baseline = run_in_process(args, cores) if args.in_process else []
-    if args.start_service:
-        log = Path(tempfile.gettempdir()) / f"bench-serve-{os.getpid()}.log"
-        print(f"starting the service: serve run {args.serve_config} (log: {log}) ...", flush=True)
-        with ServeProcess(args.serve_config, args.url, log) as serve:
+    if serve is None:
+        service, rss_idle = asyncio.run(run_service(args))
+    else:
+        print(f"starting the service (log: {serve.log_path}) ...", flush=True)
+        with serve:
             # Only our replicas: other Serve instances on this machine may run KokoroV1Model too.
             service, rss_idle = asyncio.run(run_service(args, partial(client.replica_rss, within=serve.pid)))
-    else:
-        service, rss_idle = asyncio.run(run_service(args))
 
+    info["Load average"] = f"{load_at_start} at the start, {report.load_average()} at the end (1/5/15 min)"
     peaks = [m.rss_peak for m in service.values() if m.rss_peak is not None] + ([rss_idle] if rss_idle else [])
     targets = evaluate(service, baseline, cores, max(peaks, default=None))
     label = args.label or (f"GPU: {info['GPU']}" if info["GPU"] != "none" else f"CPU: {cores} cores")
-    endpoint = f"{args.url} (model {args.model}, voice {args.voice}" + \
-               (f", started from {args.serve_config} with dummy weights)" if args.start_service else ")")
     section = report.render(label, date, command, info, endpoint, service, baseline, rss_idle, targets)
     print("\n" + section)
     report.append_report(args.out, section)

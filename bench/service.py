@@ -7,6 +7,7 @@ import sys
 import time
 
 import httpx
+import yaml
 
 
 def answers(url: str) -> bool:
@@ -16,26 +17,46 @@ def answers(url: str) -> bool:
         return False
 
 
+def config_for_versions(config_path: str, versions: list[str]) -> dict:
+    """The Serve config with only `versions` loaded: the app's `versions` arg, and no deployment
+    settings for the other versions' model deployments (Serve rejects settings for absent ones)."""
+    from serve_app.app import MODEL_DEPLOYMENTS
+
+    unknown = set(versions) - set(MODEL_DEPLOYMENTS)
+    if unknown or not versions:
+        raise ValueError(f"versions {sorted(unknown) or versions} unknown; this build serves {sorted(MODEL_DEPLOYMENTS)}")
+    dropped = {deployment.name for version, deployment in MODEL_DEPLOYMENTS.items() if version not in versions}
+    config = yaml.safe_load(Path(config_path).read_text())
+    for app in config["applications"]:
+        if app.get("import_path") == "serve_app.app:build_app":
+            app["args"] = {**app.get("args", {}), "versions": list(versions)}
+            app["deployments"] = [d for d in app.get("deployments", []) if d["name"] not in dropped]
+    return config
+
+
 class ServeProcess:
-    """`serve run <config>` with KOKORO_WEIGHTS=dummy in its own process group, on a fresh local Ray.
+    """`serve run` of `config` (a dict) with KOKORO_WEIGHTS=dummy in its own process group, on a
+    fresh local Ray.
 
     The config decides the port: `url` must point at it. Stopping: SIGINT to `serve run` (it
     shuts Serve down and its Ray with it), then SIGTERM and SIGKILL to the whole group.
     """
 
-    def __init__(self, config: str, url: str, log_path: Path, startup_timeout_s: float = 600):
-        self.config, self.url, self.log_path, self.startup_timeout_s = config, url, log_path, startup_timeout_s
+    def __init__(self, config: dict, url: str, log_path: Path, startup_timeout_s: float = 600):
+        if answers(url):
+            raise RuntimeError(f"a service already answers at {url}; stop it, or benchmark it with "
+                               "--no-start-service")
+        self.config_path = log_path.with_suffix(".yaml")
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.url, self.log_path, self.startup_timeout_s = url, log_path, startup_timeout_s
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "ServeProcess":
-        if answers(self.url):
-            raise RuntimeError(f"a service already answers at {self.url}; stop it, or benchmark it "
-                               "with --no-start-service")
         serve_cli = Path(sys.executable).with_name("serve")
         env = {**os.environ, "KOKORO_WEIGHTS": "dummy", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [str(serve_cli) if serve_cli.exists() else "serve", "run", "--address", "local", self.config],
+                [str(serve_cli) if serve_cli.exists() else "serve", "run", "--address", "local", str(self.config_path)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             self._wait_until_up()

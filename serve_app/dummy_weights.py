@@ -37,7 +37,9 @@ def set_realistic_durations(model: KModel, frames_per_token: float = FRAMES_PER_
     # outputs; a zero weight and a constant bias make that sum exactly frames_per_token.
     projection = model.predictor.duration_proj.linear_layer
     max_dur = projection.out_features
-    share = min(frames_per_token / max_dur, 0.999)
+    if not 0 < frames_per_token < max_dur:
+        raise ValueError(f"a model with max_dur {max_dur} predicts between 0 and {max_dur} frames per token")
+    share = frames_per_token / max_dur
     with torch.no_grad():
         projection.weight.zero_()
         projection.bias.fill_(math.log(share / (1 - share)))

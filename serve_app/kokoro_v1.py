@@ -2,6 +2,7 @@
 from typing import AsyncIterator
 import asyncio
 import logging
+import re
 import threading
 
 from kokoro import KModel, KPipeline
@@ -10,6 +11,7 @@ from misaki import espeak
 import spacy
 
 from .errors import InvalidRequest
+from .phoneme_split import split_phonemes
 from .synthesis import AudioChunk, Word, steps_in_threads
 from .voices import VoiceLibrary
 from .word_timings import from_misaki_tokens, from_phoneme_words
@@ -18,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 SPACY_ENGLISH = "en_core_web_sm"
 ESPEAK_ENGLISH = {"a": "en-us", "b": "en-gb"}
+LINE_BREAKS = re.compile(r"\n+")
 
 
 def english_g2p_available() -> bool:
@@ -77,15 +80,38 @@ class KokoroV1Wrapper:
 
     async def forward(self, text: str, voice: str, lang_code: str | None = None,
                       speed: float = 1.0, seed: int | None = None) -> AsyncIterator[AudioChunk]:
-        """Yield audio chunk by chunk, as KPipeline makes it (it splits long text itself)."""
+        """Yield audio chunk by chunk, as it is made; text too long for one call is split."""
         pack = self.voices.pack(voice)
         pipeline = await asyncio.to_thread(self.pipeline, self.resolve_lang_code(lang_code, voice))
-        results = pipeline(text, voice=pack, speed=speed)
-        async for result in steps_in_threads(results, self._model_lock, seed):
+        if pipeline.lang_code in ESPEAK_ENGLISH:  # misaki's English G2P: KPipeline splits by phonemes
+            steps = ((r, r.graphemes) for r in pipeline(text, voice=pack, speed=speed))
+        else:
+            steps = espeak_steps(pipeline, text, pack, speed)
+        async for result, words in steps_in_threads(steps, self._model_lock, seed):
             if result.audio is not None:
-                yield AudioChunk(result.audio.numpy(), self.words_of(result))
+                yield AudioChunk(result.audio.numpy(), self.words_of(result, words))
 
-    def words_of(self, result: KPipeline.Result) -> list[Word]:
-        if result.tokens is not None:  # misaki's English G2P
+    def words_of(self, result: KPipeline.Result, text: str) -> list[Word]:
+        if result.tokens is not None:
             return from_misaki_tokens(result.tokens)
-        return from_phoneme_words(result.graphemes, result.phonemes, result.pred_dur, self.model.vocab)
+        return from_phoneme_words(text, result.phonemes, result.pred_dur, self.model.vocab)
+
+
+def espeak_steps(pipeline: KPipeline, text: str, pack, speed: float):
+    """(result, its words) per piece of at most 510 phonemes.
+
+    KPipeline's espeak branch cuts text at ~400 characters and then truncates the phonemes
+    to 510, dropping speech when text expands (numbers, symbols); cutting the phonemes instead
+    loses nothing. Words follow their phoneme words, when the two counts agree.
+    """
+    for line in LINE_BREAKS.split(text.strip()):  # KPipeline's boundaries too
+        if not line.strip():
+            continue
+        phonemes, _ = pipeline.g2p(line)
+        words = line.split()
+        aligned = len(words) == len(phonemes.split())
+        for piece in split_phonemes(phonemes.strip()):
+            count = len(piece.split())
+            piece_words, words = words[:count], words[count:]
+            for result in pipeline.generate_from_tokens(piece, voice=pack, speed=speed):
+                yield result, " ".join(piece_words) if aligned else ""

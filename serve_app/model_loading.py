@@ -109,7 +109,9 @@ def load_weights_strict(model: KModel, version: ModelVersion, path: Path) -> KMo
         checkpoint = checkpoint[version.checkpoint_key]
     problems = [f"module '{m}' missing" for m in MODULES if m not in checkpoint]
     problems += [f"unknown module '{m}'" for m in checkpoint if m not in MODULES]
-    states = {m: _strip_prefix(checkpoint[m]) for m in MODULES if m in checkpoint}
+    problems += [f"module '{m}' holds a {type(checkpoint[m]).__name__}, not a state dict"
+                 for m in MODULES if m in checkpoint and not isinstance(checkpoint[m], dict)]
+    states = {m: _strip_prefix(checkpoint[m]) for m in MODULES if isinstance(checkpoint.get(m), dict)}
     for name, state in states.items():
         problems += _module_problems(name, getattr(model, name), state, version.norm_affine_saved)
     if problems:

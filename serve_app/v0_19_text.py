@@ -20,8 +20,9 @@ import espeakng_loader
 from phonemizer.backend import EspeakBackend
 from phonemizer.backend.espeak.wrapper import EspeakWrapper
 
-# The model's context is 512 tokens, two of which are the pads around the text.
-MAX_TOKENS = 510
+from .phoneme_split import MAX_PHONEMES, split_phonemes
+
+MAX_TOKENS = MAX_PHONEMES  # every v0.19 symbol is one token
 # Id 0: padding around the text, never a phoneme.
 _PAD = "$"
 
@@ -187,31 +188,6 @@ def tokenize(phonemes: str) -> list[int]:
 
 # --- chunking -----------------------------------------------------------------
 
-# Where a phoneme string may be cut, best first; each drops the space it cuts at.
-_BREAKS = (
-    re.compile(r'(?<=[.!?…]) |(?<=[.!?…]["»”]) '),  # sentence end
-    re.compile(r'(?<=[,;:—]) |(?<=[,;:—]["»”]) '),  # clause or comma
-    re.compile(" "),  # any word
-)
-
-
-def _split(ps: str, level: int = 0) -> list[str]:
-    if len(ps) <= MAX_TOKENS:
-        return [ps]
-    if level == len(_BREAKS):
-        # A single "word" longer than the context: cut it rather than lose it.
-        return [ps[i : i + MAX_TOKENS] for i in range(0, len(ps), MAX_TOKENS)]
-    chunks: list[str] = []
-    for piece in _BREAKS[level].split(ps):
-        for part in _split(piece, level + 1):
-            # Greedy packing: join onto the last chunk while it fits.
-            if chunks and len(chunks[-1]) + 1 + len(part) <= MAX_TOKENS:
-                chunks[-1] += " " + part
-            else:
-                chunks.append(part)
-    return chunks
-
-
 def text_to_chunks(text: str, british: bool) -> list[str]:
     """Phoneme strings of at most MAX_TOKENS tokens each, covering all of text.
 
@@ -219,7 +195,7 @@ def text_to_chunks(text: str, british: bool) -> list[str]:
     sentence ends, else clause marks or commas, else spaces, else hard.
     """
     ps = phonemize(text, british)
-    return _split(ps) if ps else []
+    return split_phonemes(ps) if ps else []
 
 
 def voice_is_british(voice: str) -> bool:

@@ -15,8 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 import uvicorn
+import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is not an installed package
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # bench/ is not an installed package
 from bench import client, in_process, report, run
 from bench.stats import Measurement, Poll, Sample, evaluate, percentile, poll_summary
 
@@ -155,6 +157,21 @@ def test_arguments_scenarios_and_service_default():
     for bad in (["--scenarios", "short,long"], ["--scenarios", "c0"], ["--repeats", "0"]):
         with pytest.raises(SystemExit):
             run.parse_args(bad)
+
+
+def test_started_service_config_keeps_only_the_measured_version():
+    from bench.service import config_for_versions
+
+    original = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    config = config_for_versions(str(REPO_ROOT / "serve_config.yaml"), ["v1.0"])
+    app, original_app = config["applications"][0], original["applications"][0]
+    assert app["args"]["versions"] == ["v1.0"]
+    assert {k: v for k, v in app["args"].items() if k != "versions"} == \
+        {k: v for k, v in original_app["args"].items() if k != "versions"}
+    assert [d for d in original_app["deployments"] if d["name"] != "KokoroV019Model"] == app["deployments"]
+    assert config["http_options"] == original["http_options"]
+    with pytest.raises(ValueError, match="v9"):
+        config_for_versions(str(REPO_ROOT / "serve_config.yaml"), ["v1.0", "v9"])
 
 
 def test_paragraph_is_about_600_characters():

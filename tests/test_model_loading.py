@@ -18,8 +18,8 @@ from serve_app.voices import VoiceLibrary
 from tiny_release import published_state, tiny_config
 
 SAMPLES_PER_FRAME = 600  # 25 ms at 24 kHz
-# All symbols are in both versions' vocabs: one token each.
-V1_PHONEMES = "həlˈO wˈɜɹld."
+# Every symbol is in its version's vocab: one token each.
+V1_PHONEMES = "hˈI."
 V0_19_PHONEMES = "həlˈoʊ wˈɜːld."
 
 

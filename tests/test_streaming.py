@@ -1,0 +1,107 @@
+"""Chunked synthesis through the service: order, completeness, cancellation, backpressure."""
+import asyncio
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from kokoro import KModel, KPipeline
+from ray import serve
+
+from conftest import deploy, project_app_config
+from serve_app.audio_encoding import to_int16
+from serve_app.text_chunks import split_text
+from serve_app.versions import V1_0
+
+SENTENCE = "Esta es una frase de prueba, con algunas palabras más para que dure un poco."
+LONG_TEXT = " ".join([SENTENCE] * 12)  # ~900 characters: a small first piece, then larger ones
+
+
+def v1_app(release, chunks_in_flight: int = 2, **model_deployment) -> dict:
+    app = project_app_config(model_root=str(release.root), weights="local", versions=["v1.0"],
+                             configs={"v1.0": release.configs["v1.0"]}, chunks_in_flight=chunks_in_flight)
+    model = next(d for d in app["deployments"] if d["name"] == "KokoroV1Model")
+    model.update(model_deployment)
+    if "num_replicas" in model_deployment:
+        model.pop("autoscaling_config")
+    return app
+
+
+def model_stats() -> dict:
+    """Counters of the (single) KokoroV1Model replica."""
+    return serve.get_deployment_handle("KokoroV1Model", app_name="kokoro").stats.remote().result()
+
+
+def in_process_pieces_pcm(release, text: str, seed: int) -> np.ndarray:
+    """The bare kokoro package speaking the ingress's pieces one after another, same seed per chunk."""
+    model = KModel(repo_id=V1_0.hub_repo, config=release.configs["v1.0"],
+                   model=str(V1_0.weights_path(release.root))).eval()
+    pipeline = KPipeline(lang_code="e", repo_id=V1_0.hub_repo, model=model)
+    voice = str(V1_0.voices_dir(release.root) / "ef_dora.pt")
+    audio = []
+    for piece in split_text(text):
+        results = pipeline(piece, voice=voice)
+        while True:
+            torch.manual_seed(seed)
+            result = next(results, None)
+            if result is None:
+                break
+            audio.append(result.audio.numpy())
+    return to_int16(np.concatenate(audio))
+
+
+def post(url: str, text: str = LONG_TEXT, **body) -> httpx.Response:
+    return httpx.post(f"{url}/v1/audio/speech", timeout=300,
+                      json={"input": text, "voice": "ef_dora", "response_format": "pcm", **body})
+
+
+def test_pieces_come_back_complete_and_in_order_from_two_replicas(serve_url, release):
+    deploy(v1_app(release, chunks_in_flight=3, num_replicas=2))
+    assert len(split_text(LONG_TEXT)) >= 3
+    served = np.frombuffer(post(serve_url, seed=11).content, dtype="<i2")
+    expected = in_process_pieces_pcm(release, LONG_TEXT, seed=11)
+    assert len(served) == len(expected)
+    assert np.abs(served.astype(np.int32) - expected).max() <= 1  # thread-count rounding, see test_serving
+
+
+def test_disconnecting_client_stops_downstream_work(serve_url, release):
+    deploy(v1_app(release, chunks_in_flight=2, num_replicas=1))
+    text = " ".join([SENTENCE] * 60)
+    pieces = len(split_text(text))
+    before = model_stats()
+    with httpx.stream("POST", f"{serve_url}/v1/audio/speech", timeout=300,
+                      json={"input": text, "voice": "ef_dora", "response_format": "pcm"}) as response:
+        assert response.status_code == 200
+        next(response.iter_raw())  # first audio arrived; now hang up
+    time.sleep(3)
+    after = model_stats()
+    time.sleep(3)
+    later = model_stats()
+    made = after["chunks"] - before["chunks"]
+    assert made < pieces / 2, (made, pieces)
+    assert later["chunks"] == after["chunks"]  # nothing keeps running for the gone client
+    assert after["cancelled"] > before["cancelled"]
+
+
+def test_saturated_service_answers_503_before_any_byte(serve_url, release):
+    deploy(v1_app(release, chunks_in_flight=1, num_replicas=1, max_ongoing_requests=1, max_queued_requests=1))
+    expected_length = len(post(serve_url, text=SENTENCE, seed=1).content)
+
+    async def one_client(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.post("/v1/audio/speech", json={
+            "input": SENTENCE, "voice": "ef_dora", "response_format": "pcm", "seed": 1})
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=serve_url, timeout=300) as client:
+            return await asyncio.gather(*(one_client(client) for _ in range(8)))
+
+    responses = asyncio.run(burst())
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses, statuses
+    for response in responses:
+        if response.status_code == 503:
+            assert response.headers["retry-after"] == "2"
+            assert response.json()["error"]["type"] == "server_overloaded"
+        else:
+            assert len(response.content) == expected_length  # whole audio, never a broken 200
