@@ -141,9 +141,9 @@ def evaluate(service: dict[str, Measurement], in_process: list[Measurement], cor
                   Target("v1.0 replica RSS under 1.5 GB", rss_peak < RSS_LIMIT,
                          f"peak {rss_peak / 1e6:.0f} MB (limit {RSS_LIMIT / 1e6:.0f} MB)"))
     return [
-        _ratio_target("paragraph first audio <= 25% of in-process whole-paragraph time",
+        _ratio_target("paragraph first audio <= 25% of in-process whole-paragraph time (1 process, all cores)",
                       paragraph and paragraph.ttfb_p50, base and base.total_p50, at_most=PARAGRAPH_TTFB_SHARE),
-        _ratio_target("one stream audio s/s >= 90% of in-process",
+        _ratio_target("one stream audio s/s >= 90% of in-process (1 process, all cores)",
                       paragraph and paragraph.audio_per_s, base and base.audio_per_s, at_least=ONE_STREAM_SHARE),
         _ratio_target("8 clients audio s/s >= 95% of best in-process on all cores, all served",
                       c8 and c8.audio_per_s, best, at_least=CONCURRENT_SHARE, also=c8_also),
