@@ -33,13 +33,14 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> Sample
 
 
 async def run_clients(url: str, body: dict, clients: int, requests_per_client: int,
-                      timeout_s: float) -> tuple[list[Sample], float]:
+                      timeout_s: float, headers: dict | None = None) -> tuple[list[Sample], float]:
     """`clients` clients start at once, each sending `requests_per_client` requests back to back.
 
     Returns every request's sample and the wall time from the first send to the last finish.
     """
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10), limits=limits) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10), limits=limits,
+                                 headers=headers) as client:
         async def client_loop() -> list[Sample]:
             return [await one_request(client, url, body) for _ in range(requests_per_client)]
 
@@ -54,14 +55,14 @@ class Monitor:
     does not delay the others), and sample `rss()` (bytes per process) every second."""
 
     def __init__(self, url: str, paths=POLL_PATHS, interval: float = 0.5,
-                 rss: Callable[[], dict[int, int]] | None = None):
-        self.url, self.paths, self.interval, self.rss = url, paths, interval, rss
+                 rss: Callable[[], dict[int, int]] | None = None, headers: dict | None = None):
+        self.url, self.paths, self.interval, self.rss, self.headers = url, paths, interval, rss, headers
         self.polls: dict[str, list[Poll]] = {path: [] for path in paths}
         self.rss_peak: int | None = None
         self._tasks: list[asyncio.Task] = []
 
     async def __aenter__(self) -> "Monitor":
-        self._client = httpx.AsyncClient(timeout=10)
+        self._client = httpx.AsyncClient(timeout=10, headers=self.headers)
         self._tasks = [asyncio.create_task(self._poll(path)) for path in self.paths]
         if self.rss is not None:
             self._tasks.append(asyncio.create_task(self._sample_rss()))

@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--url", help=f"base URL of the service (default {DEFAULT_URL})")
     parser.add_argument("--model", default="kokoro", help="the request's `model` (default kokoro)")
     parser.add_argument("--voice", default="af_heart", help="the request's and the in-process voice")
+    parser.add_argument("--api-key", default=os.environ.get("KOKORO_API_KEY"),
+                        help="sent as `Authorization: Bearer` (default: env KOKORO_API_KEY, which a started "
+                             "service also reads); never written to the report")
     parser.add_argument("--scenarios", default="short,paragraph,c4,c8,c16",
                         type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
                         help="comma-separated: short, paragraph, cN (default %(default)s)")
@@ -83,6 +86,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def shown_command(argv: list[str]) -> str:
+    """The command line for the report, with the API key's value hidden."""
+    shown, hide_next = [], False
+    for arg in argv:
+        shown.append("***" if hide_next else "--api-key=***" if arg.startswith("--api-key=") else arg)
+        hide_next = arg == "--api-key"
+    return shlex.join(["python", "-m", "bench.run"] + shown)
+
+
 def run_in_process(args, cores: int) -> list[Measurement]:
     """One process on all cores, one process on one core, and one single-threaded process per core."""
     plans = [(1, cores, TEXTS), (1, 1, TEXTS)]
@@ -95,11 +107,11 @@ def run_in_process(args, cores: int) -> list[Measurement]:
     return results
 
 
-async def warm_up(args, body: dict, deadline_s: float = 600) -> None:
+async def warm_up(args, body: dict, headers: dict | None, deadline_s: float = 600) -> None:
     """One short request that succeeds: model replicas are up and their pipelines built."""
     deadline = time.monotonic() + deadline_s
     while True:
-        samples, _ = await client.run_clients(args.url, {**body, "input": SHORT}, 1, 1, args.timeout)
+        samples, _ = await client.run_clients(args.url, {**body, "input": SHORT}, 1, 1, args.timeout, headers)
         if samples[0].error is None:
             return
         if time.monotonic() > deadline:
@@ -111,15 +123,16 @@ async def warm_up(args, body: dict, deadline_s: float = 600) -> None:
 async def run_service(args, rss=client.replica_rss) -> tuple[dict[str, Measurement], int | None]:
     """Every scenario in turn; `rss` gives the replicas' resident bytes by pid."""
     body = {"model": args.model, "voice": args.voice, "response_format": "pcm", "stream": True}
-    await warm_up(args, body)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
+    await warm_up(args, body, headers)
     rss_idle = max(rss().values(), default=None)
     results = {}
     for name in args.scenarios:
         text, clients = scenario_clients(name)
         print(f"service: {name} ({clients} client(s), {text}) ...", flush=True)
-        async with client.Monitor(args.url, interval=args.poll_interval, rss=rss) as monitor:
+        async with client.Monitor(args.url, interval=args.poll_interval, rss=rss, headers=headers) as monitor:
             samples, wall = await client.run_clients(args.url, {**body, "input": TEXTS[text]}, clients,
-                                                     math.ceil(args.repeats / clients), args.timeout)
+                                                     math.ceil(args.repeats / clients), args.timeout, headers)
         results[name] = Measurement(text, clients, samples, wall, polls=monitor.polls, rss_peak=monitor.rss_peak)
     return results, rss_idle
 
@@ -127,7 +140,7 @@ async def run_service(args, rss=client.replica_rss) -> tuple[dict[str, Measureme
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    command = shlex.join(["python", "-m", "bench.run"] + (sys.argv[1:] if argv is None else argv))
+    command = shown_command(sys.argv[1:] if argv is None else argv)
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     info = report.machine()
     load_at_start = report.load_average()  # other work on the machine skews every number

@@ -1,12 +1,11 @@
 """Kokoro v0.19: the same network as v1.0 (kokoro's own KModel), its own vocab and espeak front end."""
 from typing import AsyncIterator
 import asyncio
-import threading
 
 from kokoro import KModel
 
 from .errors import InvalidRequest
-from .synthesis import AudioChunk, steps_in_threads
+from .synthesis import AudioChunk, ModelThread
 from .v0_19_text import text_to_chunks, tokenize, voice_is_british
 from .voices import VoiceLibrary
 
@@ -18,7 +17,7 @@ class KokoroV019Engine:
     def __init__(self, model: KModel, voices: VoiceLibrary):
         self.model = model
         self.voices = voices
-        self._model_lock = threading.Lock()
+        self._model_thread = ModelThread()
 
     @staticmethod
     def is_british(lang_code: str | None, voice: str) -> bool:
@@ -39,5 +38,5 @@ class KokoroV019Engine:
         pack = self.voices.pack(voice)
         chunks = await asyncio.to_thread(text_to_chunks, text, self.is_british(lang_code, voice))
         steps = (self.synthesize(phonemes, pack, speed) for phonemes in chunks)
-        async for audio in steps_in_threads(steps, self._model_lock, seed):
+        async for audio in self._model_thread.steps(steps, seed):
             yield AudioChunk(audio)

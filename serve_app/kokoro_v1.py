@@ -12,7 +12,7 @@ import spacy
 
 from .errors import InvalidRequest
 from .phoneme_split import split_phonemes
-from .synthesis import AudioChunk, Word, steps_in_threads
+from .synthesis import AudioChunk, ModelThread, Word
 from .voices import VoiceLibrary
 from .word_timings import from_misaki_tokens, from_phoneme_words
 
@@ -45,7 +45,7 @@ class KokoroV1Wrapper:
         self.voices = voices
         self._pipelines: dict[str, KPipeline] = {}
         self._pipelines_lock = threading.Lock()
-        self._model_lock = threading.Lock()
+        self._model_thread = ModelThread()
 
     @staticmethod
     def resolve_lang_code(lang_code: str | None, voice: str) -> str:
@@ -87,7 +87,7 @@ class KokoroV1Wrapper:
             steps = ((r, r.graphemes) for r in pipeline(text, voice=pack, speed=speed))
         else:
             steps = espeak_steps(pipeline, text, pack, speed)
-        async for result, words in steps_in_threads(steps, self._model_lock, seed):
+        async for result, words in self._model_thread.steps(steps, seed):
             if result.audio is not None:
                 yield AudioChunk(result.audio.numpy(), self.words_of(result, words))
 

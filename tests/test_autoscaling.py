@@ -100,12 +100,18 @@ def test_model_scales_out_under_load_and_back_in(autoscaling_app):
     # pcm is 16-bit mono at 24 kHz; this text is well over a second of speech even from the tiny model
     assert all(size % 2 == 0 and size > 2 * 24000 for _, size, _ in results)
 
-    # No traffic: back to min_replicas within a bounded wait.
-    deadline = time.monotonic() + SCALE_DOWN_LIMIT_S
+    # No traffic: back to min_replicas within a bounded wait, and the extra replicas gone after it.
     idle_started = time.monotonic()
+    deadline = idle_started + SCALE_DOWN_LIMIT_S
+    while (states := replica_states(app_name)).get("RUNNING") != 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    scaled_in_s = time.monotonic() - idle_started
+    assert states.get("RUNNING") == 1 and "STARTING" not in states, states
+    deadline = time.monotonic() + SCALE_DOWN_LIMIT_S
     while (states := replica_states(app_name)) != {"RUNNING": 1} and time.monotonic() < deadline:
         time.sleep(0.5)
-    print(f"back to {states} {time.monotonic() - idle_started:.1f} s after the load stopped")
+    print(f"1 replica RUNNING {scaled_in_s:.1f} s after the load stopped, "
+          f"{states} after {time.monotonic() - idle_started:.1f} s")
     assert states == {"RUNNING": 1}
 
     # The one replica left still serves.

@@ -174,6 +174,12 @@ def test_started_service_config_keeps_only_the_measured_version():
         config_for_versions(str(REPO_ROOT / "serve_config.yaml"), ["v1.0", "v9"])
 
 
+def test_report_command_hides_the_api_key():
+    command = run.shown_command(["--url", "http://h:1", "--api-key", "sk-secret", "--api-key=sk-other", "--repeats", "2"])
+    assert "sk-" not in command
+    assert command == "python -m bench.run --url http://h:1 --api-key '***' '--api-key=***' --repeats 2"
+
+
 def test_paragraph_is_about_600_characters():
     assert 580 <= len(run.PARAGRAPH) <= 620
 
@@ -188,7 +194,7 @@ GAP_S = 0.05
 def fake_app(bodies: list):
     async def speech(request: Request):
         body = await request.json()
-        bodies.append(body)
+        bodies.append({**body, "authorization": request.headers.get("authorization")})
         if body.get("voice") == "missing":
             return JSONResponse({"error": {"message": "no such voice"}}, status_code=400)
 
@@ -245,7 +251,7 @@ def test_concurrent_clients_run_at_once_and_errors_are_counted(fake_server):
     samples, wall = asyncio.run(client.run_clients(url, {"input": "hi", "voice": "v"}, clients=4,
                                                    requests_per_client=1, timeout_s=10))
     assert [s.error for s in samples] == [None] * 4
-    assert wall < 2 * DELAY_S                                     # one after another would take > 4x
+    assert wall < 3 * DELAY_S + 2 * GAP_S                         # one after another: over 4 x (DELAY_S + 2 GAP_S)
     failed, _ = asyncio.run(client.run_clients(url, {"input": "hi", "voice": "missing"}, 2, 1, 10))
     assert [(s.error, s.audio_s, s.ttfb) for s in failed] == [("HTTP 400", 0.0, None)] * 2
     refused, _ = asyncio.run(client.run_clients(f"http://127.0.0.1:{free_port()}", {}, 1, 1, 10))
@@ -272,14 +278,14 @@ def test_run_service_sends_pcm_streams_and_sizes_scenarios(fake_server):
     url, bodies = fake_server
     bodies.clear()
     args = Namespace(url=url, model="kokoro", voice="af_heart", scenarios=["short", "c2"], repeats=3,
-                     timeout=10, poll_interval=0.2)
+                     timeout=10, poll_interval=0.2, api_key="sk-test")
     results, _ = asyncio.run(run.run_service(args))
     assert list(results) == ["short", "c2"]
     assert len(results["short"].samples) == 3                     # at least --repeats requests
     assert len(results["c2"].samples) == 4 and results["c2"].clients == 2  # ceil(3 / 2) per client
     assert len(bodies) == 1 + 3 + 4                               # warm-up first
     assert all(b["response_format"] == "pcm" and b["stream"] is True and b["model"] == "kokoro"
-               and b["voice"] == "af_heart" for b in bodies)
+               and b["voice"] == "af_heart" and b["authorization"] == "Bearer sk-test" for b in bodies)
     assert [b["input"] for b in bodies[1:]] == [run.SHORT] * 3 + [run.PARAGRAPH] * 4
     assert results["c2"].polls["/health"]
 
