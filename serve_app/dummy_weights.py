@@ -13,7 +13,7 @@ import torch
 from .model_loading import build_random_model
 from .versions import ModelVersion
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("ray.serve")  # the logger Serve routes to replica logs
 
 # Real speech is about 3 duration frames (25 ms each) per phoneme; random weights give ~25.
 FRAMES_PER_TOKEN = 3.0

@@ -16,7 +16,7 @@ from .synthesis import AudioChunk, ModelThread, Word
 from .voices import VoiceLibrary
 from .word_timings import from_misaki_tokens, from_phoneme_words
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("ray.serve")  # the logger Serve routes to replica logs
 
 SPACY_ENGLISH = "en_core_web_sm"
 ESPEAK_ENGLISH = {"a": "en-us", "b": "en-gb"}

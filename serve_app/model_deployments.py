@@ -17,7 +17,7 @@ from .model_loading import load_model
 from .versions import V0_19, V1_0, ModelVersion
 from .voices import VoiceLibrary
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("ray.serve")  # the logger Serve routes to replica logs
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 from .errors import ModelFileError
 from .versions import ModelVersion
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("ray.serve")  # the logger Serve routes to replica logs
 
 MODULES = ("bert", "bert_encoder", "predictor", "text_encoder", "decoder")
 PUBLISHED_PREFIX = "module."  # the published files were saved from DataParallel wrappers

@@ -5,7 +5,6 @@ normalised; `af_bella+af_sky` weighs them equally.
 """
 from collections import OrderedDict
 from pathlib import Path
-import logging
 import re
 import threading
 
@@ -16,7 +15,6 @@ from .errors import InvalidRequest, ModelFileError
 from .model_loading import load_voice_pack
 from .versions import ModelVersion
 
-logger = logging.getLogger(__name__)
 
 MAX_BLEND_PARTS = 4
 CACHED_BLENDS = 64  # blends are cheap to recompute; bound the memory arbitrary weights could take
