@@ -3,7 +3,6 @@ from argparse import Namespace
 from pathlib import Path
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,8 +17,8 @@ import uvicorn
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))  # bench/ is not an installed package
 from bench import client, in_process, report, run
+from conftest import free_port
 from bench.stats import Measurement, Poll, Sample, evaluate, percentile, poll_summary
 
 # --- maths -----------------------------------------------------------------------------------
@@ -209,12 +208,6 @@ def fake_app(bodies: list):
         return JSONResponse({"status": "ok"})
 
     return Starlette(routes=[Route("/v1/audio/speech", speech, methods=["POST"]), Route("/health", health)])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
