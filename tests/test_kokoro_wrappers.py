@@ -140,12 +140,15 @@ def test_english_falls_back_to_espeak_offline(wrapper, caplog, no_network, monke
         return [r.getMessage() for r in caplog.records
                 if r.name == "ray.serve" and r.levelno == logging.WARNING]
 
-    assert len(warnings()) == 2 and all("en_core_web_sm" in w and "espeak" in w for w in warnings())
+    # A record may reach the capture twice once Ray has set up its own handling of "ray.serve".
+    assert len(set(warnings())) == 2 and all("en_core_web_sm" in w and "espeak" in w for w in warnings())
+    assert any("English (a)" in w for w in warnings()) and any("English (b)" in w for w in warnings())
+    captured = len(warnings())
 
     # Both work, and differ where the accents do.
     us, gb = american.g2p("Water.")[0], british.g2p("Water.")[0]
     assert us and gb and us != gb
-    assert wrapper.pipeline("a") is american and len(warnings()) == 2  # cached: no second warning
+    assert wrapper.pipeline("a") is american and len(warnings()) == captured  # cached: no second warning
 
 
 # --- forward ---------------------------------------------------------------------
