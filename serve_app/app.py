@@ -9,6 +9,7 @@ from ray.serve import Application
 
 from .ingress import SpeechIngress
 from .model_deployments import KokoroV019Model, KokoroV1Model, ModelSettings
+from .text_chunks import CHUNK_CHARS, FIRST_CHUNK_CHARS
 from .versions import DEFAULT_VERSION
 
 logger = logging.getLogger("ray.serve")
@@ -26,6 +27,9 @@ class AppArgs(BaseModel):
     configs: dict[str, str] = Field(default_factory=dict)
     max_input_chars: int = Field(10_000, gt=0)
     chunks_in_flight: int = Field(2, ge=1)
+    # Text is cut into chunks of at most these many characters, the first one small (text_chunks.py).
+    first_chunk_chars: int = Field(FIRST_CHUNK_CHARS, gt=0)
+    chunk_chars: int = Field(CHUNK_CHARS, gt=0)
     # When set, every /v1 request needs `Authorization: Bearer <key>`. Env KOKORO_API_KEY overrides.
     api_key: str | None = None
 
@@ -55,5 +59,5 @@ def build_app(args: dict) -> Application:
             config_path=resolved.configs.get(version)))
         for version in resolved.versions
     }
-    return SpeechIngress.bind(models, max_input_chars=resolved.max_input_chars,
-                              chunks_in_flight=resolved.chunks_in_flight, api_key=resolved.api_key)
+    return SpeechIngress.bind(models, api_key=resolved.api_key, **resolved.model_dump(
+        include={"max_input_chars", "chunks_in_flight", "first_chunk_chars", "chunk_chars"}))

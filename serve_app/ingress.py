@@ -2,7 +2,8 @@
 
 Text is split into pieces (a small first one, so audio starts fast); each piece is one call
 to the version's model deployment, a few in flight at once so idle replicas work ahead,
-and audio goes out strictly in order.
+and audio goes out strictly in order. Each call says when its audio is due, so replicas
+serve a new request's first piece before pieces that other clients need only later.
 """
 from collections import deque
 from typing import AsyncIterator, Callable
@@ -26,7 +27,7 @@ from .audio_encoding import CONTENT_TYPES, make_encoder
 from .errors import InputTooLong, InvalidRequest, NotFound, Overloaded, ServiceError, Unauthorized
 from .speech_api import DEFAULT_VOICES, LANGUAGES, MODEL_ALIASES, SpeechRequest, kokoro_voice
 from .synthesis import AudioChunk
-from .text_chunks import split_text
+from .text_chunks import CHUNK_CHARS, FIRST_CHUNK_CHARS, split_text
 from .voices import parse_voice
 
 logger = logging.getLogger("ray.serve")
@@ -34,6 +35,8 @@ logger = logging.getLogger("ray.serve")
 RETRY_AFTER_S = 2
 # A piece after the first that finds the replicas saturated waits for room: its stream has begun.
 PIECE_RETRY_S, PIECE_RETRY_DEADLINE_S = 0.25, 120
+# Kokoro speaks about 15 characters a second at speed 1: how far ahead a piece's audio is due.
+SPOKEN_CHARS_PER_S = 15
 
 app = FastAPI(title="Kokoro TTS", description="OpenAI-compatible text-to-speech on Ray Serve")
 
@@ -112,6 +115,16 @@ def _json_line(**fields) -> bytes:
     return (json.dumps(fields) + "\n").encode()
 
 
+def due_times(pieces: list[str], start: float, speed: float) -> list[float]:
+    """When a client playing audio as it arrives needs each piece: the first at once, each
+    later one when the speech before it (estimated from its length) has played."""
+    due, spoken = [], 0
+    for piece in pieces:
+        due.append(start + spoken / (SPOKEN_CHARS_PER_S * speed))
+        spoken += len(piece) + 1
+    return due
+
+
 async def piece_audio(start_call: Callable[[], DeploymentResponseGenerator], call: DeploymentResponseGenerator,
                       retry_when_saturated: bool) -> AsyncIterator[AudioChunk]:
     deadline = time.monotonic() + PIECE_RETRY_DEADLINE_S
@@ -132,10 +145,12 @@ async def piece_audio(start_call: Callable[[], DeploymentResponseGenerator], cal
 @serve.ingress(app)
 class SpeechIngress:
     def __init__(self, models: dict[str, DeploymentHandle], max_input_chars: int = 10_000,
-                 chunks_in_flight: int = 2, api_key: str | None = None):
+                 chunks_in_flight: int = 2, first_chunk_chars: int = FIRST_CHUNK_CHARS,
+                 chunk_chars: int = CHUNK_CHARS, api_key: str | None = None):
         self.models = models
         self.max_input_chars = max_input_chars
         self.chunks_in_flight = chunks_in_flight
+        self.chunk_limits = (first_chunk_chars, chunk_chars)
         self.api_key = api_key
         self._voices: dict[str, list[str]] = {}
 
@@ -178,7 +193,7 @@ class SpeechIngress:
                                f"{self.max_input_chars} per request", param="input", code="input_too_long")
         version = self._version(body.model)
         voice = await self._voice(version, body.voice)
-        pieces = split_text(body.input)
+        pieces = split_text(body.input, *self.chunk_limits)
         if not pieces:
             raise InvalidRequest("input has no text to speak", param="input", code="empty_input")
         started = time.perf_counter()
@@ -224,13 +239,14 @@ class SpeechIngress:
 
     async def _synthesize(self, model: DeploymentHandle, pieces: list[str], **options) -> AsyncIterator[AudioChunk]:
         """Audio of every piece in order, with up to `chunks_in_flight` pieces synthesising at once."""
-        remaining = iter(enumerate(pieces))
+        remaining = iter(enumerate(zip(pieces, due_times(pieces, time.time(), options["speed"]))))
         in_flight = deque()
 
         def start_next() -> None:
-            index, piece = next(remaining, (None, None))
+            index, (piece, due) = next(remaining, (None, (None, None)))
             if piece is not None:
-                start = lambda: model.forward.options(stream=True).remote(piece, **options)  # noqa: E731
+                start = lambda: model.forward.options(stream=True).remote(  # noqa: E731
+                    piece, deadline=due, **options)
                 in_flight.append((index, start, start()))
 
         for _ in range(self.chunks_in_flight):

@@ -33,10 +33,10 @@ class KokoroV019Engine:
         style = pack[len(tokenize(phonemes))]
         return self.model(phonemes, style, speed).numpy()
 
-    async def forward(self, text: str, voice: str, lang_code: str | None = None,
-                      speed: float = 1.0, seed: int | None = None) -> AsyncIterator[AudioChunk]:
+    async def forward(self, text: str, voice: str, lang_code: str | None = None, speed: float = 1.0,
+                      seed: int | None = None, deadline: float | None = None) -> AsyncIterator[AudioChunk]:
         pack = self.voices.pack(voice)
         chunks = await asyncio.to_thread(text_to_chunks, text, self.is_british(lang_code, voice))
         steps = (self.synthesize(phonemes, pack, speed) for phonemes in chunks)
-        async for audio in self._model_thread.steps(steps, seed):
+        async for audio in self._model_thread.steps(steps, seed, deadline):
             yield AudioChunk(audio)

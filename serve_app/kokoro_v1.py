@@ -78,16 +78,19 @@ class KokoroV1Wrapper:
             raise InvalidRequest(f"language '{lang_code}' ({LANG_CODES[lang_code]}) is not installed "
                                  f"on this server: {e}", param="lang_code", code="language_unavailable") from e
 
-    async def forward(self, text: str, voice: str, lang_code: str | None = None,
-                      speed: float = 1.0, seed: int | None = None) -> AsyncIterator[AudioChunk]:
-        """Yield audio chunk by chunk, as it is made; text too long for one call is split."""
+    async def forward(self, text: str, voice: str, lang_code: str | None = None, speed: float = 1.0,
+                      seed: int | None = None, deadline: float | None = None) -> AsyncIterator[AudioChunk]:
+        """Yield audio chunk by chunk, as it is made; text too long for one call is split.
+
+        `deadline` (epoch seconds) is when the client needs this audio: see ModelThread.
+        """
         pack = self.voices.pack(voice)
         pipeline = await asyncio.to_thread(self.pipeline, self.resolve_lang_code(lang_code, voice))
         if pipeline.lang_code in ESPEAK_ENGLISH:  # misaki's English G2P: KPipeline splits by phonemes
             steps = ((r, r.graphemes) for r in pipeline(text, voice=pack, speed=speed))
         else:
             steps = espeak_steps(pipeline, text, pack, speed)
-        async for result, words in self._model_thread.steps(steps, seed):
+        async for result, words in self._model_thread.steps(steps, seed, deadline):
             if result.audio is not None:
                 yield AudioChunk(result.audio.numpy(), self.words_of(result, words))
 

@@ -13,7 +13,7 @@ from .dummy_weights import make_dummy_model
 from .errors import ModelFileError
 from .kokoro_v0_19 import KokoroV019Engine
 from .kokoro_v1 import KokoroV1Wrapper
-from .model_loading import load_model
+from .model_loading import fold_weight_norm, load_model
 from .versions import V0_19, V1_0, ModelVersion
 from .voices import VoiceLibrary
 
@@ -56,7 +56,7 @@ class ModelReplica:
         else:
             root = Path(settings.model_root)
             model, voices = load_model(self.version, config, root), VoiceLibrary(self.version, root)
-        self.engine = self.make_engine(model.to(self.device), voices)
+        self.engine = self.make_engine(fold_weight_norm(model).to(self.device), voices)
         self._fatal: Exception | None = None
         self._counts = {"chunks": 0, "cancelled": 0}
         logger.info("%s replica ready on %s with %d torch threads, %d voices",
@@ -66,9 +66,10 @@ class ModelReplica:
         raise NotImplementedError
 
     async def forward(self, text: str, voice: str, lang_code: str | None = None,
-                      speed: float = 1.0, seed: int | None = None):
+                      speed: float = 1.0, seed: int | None = None, deadline: float | None = None):
+        """Audio of one piece of text; `deadline` (epoch seconds) is when its client needs it."""
         try:
-            async for chunk in self.engine.forward(text, voice, lang_code, speed, seed):
+            async for chunk in self.engine.forward(text, voice, lang_code, speed, seed, deadline):
                 self._counts["chunks"] += 1
                 yield chunk
         except (asyncio.CancelledError, GeneratorExit):

@@ -12,7 +12,7 @@ from kokoro import KModel
 from serve_app.dummy_weights import dummy_voice_pack, make_dummy_model, set_realistic_durations
 from serve_app.errors import InvalidRequest, ModelFileError
 from serve_app.kokoro_v0_19 import KokoroV019Engine
-from serve_app.model_loading import MODULES, kmodel_config, load_model, load_weights_strict
+from serve_app.model_loading import MODULES, fold_weight_norm, kmodel_config, load_model, load_weights_strict
 from serve_app.versions import V0_19, V1_0
 from serve_app.voices import VoiceLibrary
 from tiny_release import published_state, tiny_config
@@ -98,6 +98,19 @@ def load_error(model, version, path) -> str:
     message = str(error.value)
     assert str(path) in message
     return message
+
+
+def test_folded_weight_norm_gives_the_same_audio(release):
+    model = load_model(V1_0, tiny_config(V1_0), release.root)
+    pack = VoiceLibrary(V1_0, release.root).pack("af_heart")
+    style = pack[len(V1_PHONEMES) - 1]
+    torch.manual_seed(3)
+    before = model(V1_PHONEMES, style)
+    assert any(name.endswith("weight_g") for name, _ in model.named_parameters())
+    fold_weight_norm(model)
+    assert not any(name.endswith(("weight_g", "weight_v")) for name, _ in model.named_parameters())
+    torch.manual_seed(3)
+    assert torch.equal(model(V1_PHONEMES, style), before)
 
 
 def test_missing_weights_file(tmp_path):

@@ -1,5 +1,6 @@
 """Chunked synthesis through the service: order, completeness, cancellation, backpressure."""
 import asyncio
+import threading
 import time
 
 import httpx
@@ -18,9 +19,10 @@ SENTENCE = "Esta es una frase de prueba, con algunas palabras más para que dure
 LONG_TEXT = " ".join([SENTENCE] * 12)  # ~900 characters: a small first piece, then larger ones
 
 
-def v1_app(release, chunks_in_flight: int = 2, **model_deployment) -> dict:
+def v1_app(release, chunks_in_flight: int = 2, app_args: dict | None = None, **model_deployment) -> dict:
     app = project_app_config(model_root=str(release.root), weights="local", versions=["v1.0"],
-                             configs={"v1.0": release.configs["v1.0"]}, chunks_in_flight=chunks_in_flight)
+                             configs={"v1.0": release.configs["v1.0"]}, chunks_in_flight=chunks_in_flight,
+                             **(app_args or {}))
     model = next(d for d in app["deployments"] if d["name"] == "KokoroV1Model")
     model.update(model_deployment)
     if "num_replicas" in model_deployment:
@@ -63,6 +65,48 @@ def test_pieces_come_back_complete_and_in_order_from_two_replicas(serve_url, rel
     expected = in_process_pieces_pcm(release, LONG_TEXT, seed=11)
     assert len(served) == len(expected)
     assert np.abs(served.astype(np.int32) - expected).max() <= 1  # thread-count rounding, see test_serving
+
+
+def test_chunk_limits_from_the_config_decide_the_model_calls(serve_url, release):
+    deploy(v1_app(release, num_replicas=1, app_args={"first_chunk_chars": 40, "chunk_chars": 60}))
+    pieces = split_text(LONG_TEXT, 40, 60)
+    assert len(pieces) > len(split_text(LONG_TEXT))
+    before = model_stats()["chunks"]
+    assert len(post(serve_url).content) > 0
+    assert model_stats()["chunks"] - before == len(pieces)  # one audio chunk per piece
+
+
+def test_new_request_first_piece_runs_before_queued_later_pieces(serve_url, release):
+    """Later pieces of a long request wait on the one replica; a newcomer's first piece goes
+    ahead of them (first come, first served would run five of them before it)."""
+    deploy(v1_app(release, chunks_in_flight=6, num_replicas=1))
+    long_text = " ".join([SENTENCE] * 100)
+    streaming, stop = threading.Event(), threading.Event()
+
+    def read_long_stream():  # a client that keeps reading, so the ingress keeps 6 pieces in flight
+        with httpx.stream("POST", f"{serve_url}/v1/audio/speech", timeout=300,
+                          json={"input": long_text, "voice": "ef_dora", "response_format": "pcm"}) as response:
+            for _ in response.iter_raw():
+                streaming.set()
+                if stop.is_set():
+                    return
+
+    reader = threading.Thread(target=read_long_stream)
+    reader.start()
+    try:
+        assert streaming.wait(120)
+        time.sleep(1)
+        before = model_stats()["chunks"]
+        newcomer = post(serve_url, text=SENTENCE)
+        made = model_stats()["chunks"] - before
+        long_still_running = reader.is_alive()
+    finally:
+        stop.set()
+        reader.join(60)
+    assert newcomer.status_code == 200 and len(newcomer.content) > 0
+    assert long_still_running
+    # The newcomer's own piece, the piece in progress when it came, and at most one more in the gaps.
+    assert made <= 3, made
 
 
 def test_disconnecting_client_stops_downstream_work(serve_url, release):
