@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: install serve test bench
+.PHONY: install serve test bench bench-chunks
 install: $(BIN)/.installed
 
 serve: install
@@ -25,3 +25,7 @@ test: install
 
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Speed and memory of the model by chunk size, in-process (what chunk_chars trades).
+bench-chunks: install
+	$(BIN)/python -m bench.chunk_sizes

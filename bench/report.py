@@ -85,7 +85,7 @@ def _poll_cell(m: Measurement, path: str) -> str:
     return f"{slowest:.3f}" + ("".join(f"; {status} x{n}" for status, n in bad.items()))
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
@@ -97,7 +97,7 @@ def render(label: str, date: str, command: str, machine_info: dict[str, str], en
     lines += [f"- Endpoint: {endpoint}", ""]
     if service:
         lines += ["### Service", ""]
-        lines += _table(["Scenario", "Clients"] + COLUMNS + ["/health slowest (s)", "/v1/models slowest (s)",
+        lines += table(["Scenario", "Clients"] + COLUMNS + ["/health slowest (s)", "/v1/models slowest (s)",
                                                             "Replica RSS peak (MB)"],
                         [[name, str(m.clients)] + _cells(m) + [_poll_cell(m, "/health"), _poll_cell(m, "/v1/models"),
                                                                _num(m.rss_peak and m.rss_peak / 1e6, 0)]
@@ -105,7 +105,7 @@ def render(label: str, date: str, command: str, machine_info: dict[str, str], en
         lines += ["", f"Replica RSS after warm-up: {_num(rss_idle and rss_idle / 1e6, 0)} MB", ""]
     if in_process:
         lines += ["### In-process KPipeline, no server", ""]
-        lines += _table(["Text", "Processes x threads"] + COLUMNS,
+        lines += table(["Text", "Processes x threads"] + COLUMNS,
                         [[m.text, f"{m.clients} x {m.threads}"] + _cells(m) for m in in_process])
         lines += [""]
     lines += ["### Targets", "", "```"] + [t.line() for t in targets] + ["```", ""]

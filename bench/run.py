@@ -86,13 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def shown_command(argv: list[str]) -> str:
+def shown_command(argv: list[str], module: str = "bench.run") -> str:
     """The command line for the report, with the API key's value hidden."""
     shown, hide_next = [], False
     for arg in argv:
         shown.append("***" if hide_next else "--api-key=***" if arg.startswith("--api-key=") else arg)
         hide_next = arg == "--api-key"
-    return shlex.join(["python", "-m", "bench.run"] + shown)
+    return shlex.join(["python", "-m", module] + shown)
 
 
 def run_in_process(args, cores: int) -> list[Measurement]:

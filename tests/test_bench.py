@@ -327,3 +327,24 @@ def test_in_process_failure_in_a_worker_is_reported_not_waited_on():
     with pytest.raises(RuntimeError, match="in-process benchmark failed"):  # torch rejects 0 threads
         in_process.measure({"short": "Hi."}, procs=1, threads=0, repeats=1, voice="af_heart", timeout_s=300)
     assert time.monotonic() - start < 120
+
+
+def test_chunk_sizes_measures_every_size_each_round_and_reports_medians():
+    import torch
+    from tiny_release import tiny_config
+    from bench import chunk_sizes
+    from serve_app.text_chunks import split_text
+    from serve_app.versions import V1_0
+
+    text = "One sentence here. Another, slightly longer sentence follows it. And a third one."
+    threads = torch.get_num_threads()
+    try:
+        results = chunk_sizes.measure([20, 200], rounds=2, text=text, config=tiny_config(V1_0))
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["chunks"] for r in results[20]] == [len(split_text(text, 20, 20))] * 2 != [1, 1]
+    assert [r["chunks"] for r in results[200]] == [1, 1]
+    for records in results.values():
+        assert all(r["audio_s"] > 0 and r["wall"] > 0 and r["rss_rise"] >= 0 for r in records)
+    section = chunk_sizes.render("today", "python -m bench.chunk_sizes", {"CPU": "test"}, 1, len(text), results)
+    assert "| 200 | 1 |" in section and f"| 20 | {results[20][0]['chunks']} |" in section
