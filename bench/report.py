@@ -8,9 +8,10 @@ from .stats import Measurement, Target, poll_summary
 
 FILE_HEADER = """# Benchmarks
 
-Written by `python -m bench.run` (`make bench`); each run appends a section. Model: Kokoro v1.0
-at full size with dummy random weights whose durations are realistic (~3 frames per phoneme), so
-compute per character matches the real model; the audio is noise. Definitions:
+Written by `python -m bench.run` (`make bench`) and `python -m bench.chunk_sizes`
+(`make bench-chunks`); each run appends a section. Model: Kokoro v1.0 at full size with dummy
+random weights whose durations are realistic (~3 frames per phoneme), so compute per character
+matches the real model; the audio is noise. Definitions:
 
 - **First audio**: seconds from sending the request to the first non-empty chunk of the pcm stream
   (in-process: to KPipeline's first chunk).
