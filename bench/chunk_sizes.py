@@ -139,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     results = measure(args.sizes, args.rounds, text, args.threads)
     section = render(date, shown_command(sys.argv[1:] if argv is None else argv, "bench.chunk_sizes"),
                      report.machine(), args.threads, len(text), results)
-    print("\n" + section)
-    report.append_report(args.out, section)
-    print(f"appended to {args.out}")
+    report.publish(args.out, section)
     return 0
 
 

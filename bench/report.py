@@ -118,3 +118,10 @@ def append_report(path: Path, section: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = path.read_text() if path.exists() else FILE_HEADER
     path.write_text(existing.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")
+
+
+def publish(path: Path, section: str) -> None:
+    """Print a run's section and append it to the results file."""
+    print("\n" + section)
+    append_report(path, section)
+    print(f"appended to {path}")

@@ -168,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = evaluate(service, baseline, cores, max(peaks, default=None))
     label = args.label or (f"GPU: {info['GPU']}" if info["GPU"] != "none" else f"CPU: {cores} cores")
     section = report.render(label, date, command, info, endpoint, service, baseline, rss_idle, targets)
-    print("\n" + section)
-    report.append_report(args.out, section)
-    print(f"appended to {args.out}")
+    report.publish(args.out, section)
     return 0
 
 

@@ -17,7 +17,7 @@ class KokoroV019Engine:
     def __init__(self, model: KModel, voices: VoiceLibrary):
         self.model = model
         self.voices = voices
-        self._model_thread = ModelThread()
+        self._model_thread = ModelThread(release_memory=model.device.type == "cpu")
 
     @staticmethod
     def is_british(lang_code: str | None, voice: str) -> bool:

@@ -45,7 +45,7 @@ class KokoroV1Wrapper:
         self.voices = voices
         self._pipelines: dict[str, KPipeline] = {}
         self._pipelines_lock = threading.Lock()
-        self._model_thread = ModelThread()
+        self._model_thread = ModelThread(release_memory=model.device.type == "cpu")
 
     @staticmethod
     def resolve_lang_code(lang_code: str | None, voice: str) -> str:
