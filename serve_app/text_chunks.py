@@ -21,10 +21,11 @@ FIRST_CHUNK_CHARS = 100
 # Later chunks stay short too (about 10 s of audio), under the model's
 # 510-phoneme limit with room for numbers and symbols that expand. On a CPU,
 # short chunks are made faster per second of audio than long ones (the
-# vocoder's activations stay small: measured ~1.4 against ~1.15 audio s/s for
-# 400 characters), keep a replica's memory low, and bound how long another
-# request's urgent chunk waits for the one in progress. On a GPU a call's fixed
-# cost weighs more, so larger chunks may pay there (`chunk_chars`; not measured).
+# vocoder's working set stays small: 1.34 against 1.00 audio s/s for 400
+# characters, `make bench-chunks`), keep a replica's memory low, and bound how
+# long another request's urgent chunk waits for the one in progress. On a GPU a
+# call's fixed cost weighs more, so larger chunks may pay there (`chunk_chars`;
+# not measured).
 CHUNK_CHARS = 150
 
 # Kokoro's waterfall, strongest boundary first: sentence, clause, comma/dash.
