@@ -20,7 +20,9 @@ import time
 import warnings
 
 from . import report
+from .in_process import dummy_pipeline
 from .run import PARAGRAPH, shown_command
+from .stats import SAMPLE_RATE
 
 SAMPLE_EVERY_S = 0.02
 
@@ -51,22 +53,6 @@ class PeakRss:
         return self.peak - self.start
 
 
-def replica_pipeline(threads: int, config: dict | None, voice: str):
-    """The model as a replica holds it, and the pipeline and voice pack a request would use."""
-    import ray  # noqa: F401  (psutil)
-    import torch
-    from serve_app.dummy_weights import make_dummy_model
-    from serve_app.kokoro_v1 import KokoroV1Wrapper
-    from serve_app.model_loading import fold_weight_norm
-    from serve_app.versions import V1_0
-    from serve_app.voices import VoiceLibrary
-
-    torch.set_num_threads(threads)
-    model = fold_weight_norm(make_dummy_model(V1_0, config or V1_0.packaged_config()).eval())
-    wrapper = KokoroV1Wrapper(model, VoiceLibrary(V1_0, None))
-    return wrapper.pipeline(wrapper.resolve_lang_code(None, voice)), wrapper.voices.pack(voice)
-
-
 def synthesize_in_chunks(pipeline, pack, chunks: list[str]) -> float:
     """Seconds of audio made, chunk after chunk, handing freed memory back after each."""
     from serve_app.synthesis import release_freed_memory
@@ -75,7 +61,7 @@ def synthesize_in_chunks(pipeline, pack, chunks: list[str]) -> float:
     for chunk in chunks:
         samples += sum(len(result.audio) for result in pipeline(chunk, voice=pack) if result.audio is not None)
         release_freed_memory()
-    return samples / 24000
+    return samples / SAMPLE_RATE
 
 
 def measure(sizes: list[int], rounds: int, text: str, threads: int = 1, config: dict | None = None,
@@ -83,7 +69,9 @@ def measure(sizes: list[int], rounds: int, text: str, threads: int = 1, config: 
     """Per size, one record per round: chunks, audio seconds, wall seconds, peak memory rise."""
     from serve_app.text_chunks import split_text
 
-    pipeline, pack = replica_pipeline(threads, config, voice)
+    import ray  # noqa: F401  (puts its bundled psutil, which PeakRss uses, on sys.path)
+
+    pipeline, pack = dummy_pipeline(voice, threads, config, fold_weight_norm=True)
     synthesize_in_chunks(pipeline, pack, ["Warming up."])
     results: dict[int, list[dict]] = {size: [] for size in sizes}
     for _ in range(rounds):

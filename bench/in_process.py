@@ -18,6 +18,26 @@ from .stats import SAMPLE_RATE, Measurement, Sample
 WARMUP_TEXT = "Warming up."
 
 
+def dummy_pipeline(voice: str, threads: int, config: dict | None = None, device: str = "cpu",
+                   fold_weight_norm: bool = False):
+    """Full-size dummy v1.0 on `threads` torch threads: the KPipeline a request for `voice` uses,
+    and the voice's pack. `fold_weight_norm` prepares the model as a replica does."""
+    import torch
+    from serve_app import model_loading
+    from serve_app.dummy_weights import make_dummy_model
+    from serve_app.kokoro_v1 import KokoroV1Wrapper
+    from serve_app.versions import V1_0
+    from serve_app.voices import VoiceLibrary
+
+    torch.set_num_threads(threads)
+    model = make_dummy_model(V1_0, config or V1_0.packaged_config()).eval()
+    if fold_weight_norm:
+        model_loading.fold_weight_norm(model)
+    # The service's own wrapper builds the pipeline (espeak English when spaCy's model is missing).
+    wrapper = KokoroV1Wrapper(model.to(device), VoiceLibrary(V1_0, None))
+    return wrapper.pipeline(wrapper.resolve_lang_code(None, voice)), wrapper.voices.pack(voice)
+
+
 def synthesize(pipeline, pack, text: str) -> Sample:
     """Synthesise all of `text`; first audio = the pipeline's first chunk."""
     start = time.perf_counter()
@@ -37,18 +57,7 @@ def _worker(texts: list[str], repeats: int, voice: str, threads: int, device: st
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         warnings.simplefilter("ignore")                          # torch's and kokoro's, once per process
         logging.getLogger("serve_app").setLevel(logging.ERROR)   # the dummy-weights warning, ditto
-        import torch
-        from serve_app.dummy_weights import make_dummy_model
-        from serve_app.kokoro_v1 import KokoroV1Wrapper
-        from serve_app.versions import V1_0
-        from serve_app.voices import VoiceLibrary
-
-        torch.set_num_threads(threads)
-        model = make_dummy_model(V1_0, config or V1_0.packaged_config()).to(device).eval()
-        # The service's own wrapper builds the pipeline (espeak English when spaCy's model is missing).
-        wrapper = KokoroV1Wrapper(model, VoiceLibrary(V1_0, None))
-        pipeline = wrapper.pipeline(wrapper.resolve_lang_code(None, voice))
-        pack = wrapper.voices.pack(voice)
+        pipeline, pack = dummy_pipeline(voice, threads, config, device)
         synthesize(pipeline, pack, WARMUP_TEXT)
         samples = []
         for text in texts:
