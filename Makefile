@@ -14,18 +14,27 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: install serve test bench bench-chunks
+.PHONY: install serve test test-fast lint bench bench-pieces
 install: $(BIN)/.installed
 
+# The preflight fetches missing weights (or stops, saying how to get them) before Serve starts.
 serve: install
-	$(BIN)/serve run serve_config.yaml
+	$(BIN)/python -m serve_app.first_run serve_config.yaml && $(BIN)/serve run serve_config.yaml
 
-test: install
+# Lint first: CI runs this target, so ruff's findings fail it like a failing test.
+test: lint
 	$(BIN)/pytest -q tests
+
+# The tier that needs no Ray: well under a minute, for the edit-test loop.
+test-fast: install
+	$(BIN)/pytest -q -m fast tests
+
+lint: install
+	$(BIN)/ruff check .
 
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# Speed and memory of the model by chunk size, in-process (what chunk_chars trades).
-bench-chunks: install
-	$(BIN)/python -m bench.chunk_sizes
+# Speed and memory of the model by piece size, in-process (what piece_chars trades).
+bench-pieces: install
+	$(BIN)/python -m bench.piece_sizes

@@ -103,8 +103,10 @@ def replica_rss(deployment: str = "KokoroV1Model", within: int | None = None) ->
     try:
         import psutil
     except ImportError:  # ray ships psutil in ray/thirdparty_files, which importing ray puts on sys.path
+        # isort: off
         import ray  # noqa: F401
         import psutil
+        # isort: on
     sizes = {}
     for process in psutil.Process(within).children(recursive=True) if within else psutil.process_iter():
         try:

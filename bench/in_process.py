@@ -23,9 +23,11 @@ def dummy_pipeline(voice: str, threads: int, config: dict | None = None, device:
     """Full-size dummy v1.0 on `threads` torch threads: the KPipeline a request for `voice` uses,
     and the voice's pack. `fold_weight_norm` prepares the model as a replica does."""
     import torch
+
     from serve_app import model_loading
     from serve_app.dummy_weights import make_dummy_model
     from serve_app.kokoro_v1 import KokoroV1Wrapper
+    from serve_app.protocol import VoiceBlend
     from serve_app.versions import V1_0
     from serve_app.voices import VoiceLibrary
 
@@ -35,7 +37,7 @@ def dummy_pipeline(voice: str, threads: int, config: dict | None = None, device:
         model_loading.fold_weight_norm(model)
     # The service's own wrapper builds the pipeline (espeak English when spaCy's model is missing).
     wrapper = KokoroV1Wrapper(model.to(device), VoiceLibrary(V1_0, None))
-    return wrapper.pipeline(wrapper.resolve_lang_code(None, voice)), wrapper.voices.pack(voice)
+    return wrapper.pipeline(V1_0.lang_code(None, voice)), wrapper.voices.pack(VoiceBlend.single(voice))
 
 
 def synthesize(pipeline, pack, text: str) -> Sample:

@@ -8,8 +8,8 @@ from .stats import Measurement, Target, poll_summary
 
 FILE_HEADER = """# Benchmarks
 
-Written by `python -m bench.run` (`make bench`) and `python -m bench.chunk_sizes`
-(`make bench-chunks`); each run appends a section. Model: Kokoro v1.0 at full size with dummy
+Written by `python -m bench.run` (`make bench`) and `python -m bench.piece_sizes`
+(`make bench-pieces`); each run appends a section. Model: Kokoro v1.0 at full size with dummy
 random weights whose durations are realistic (~3 frames per phoneme), so compute per character
 matches the real model; the audio is noise. Definitions:
 
@@ -34,7 +34,8 @@ def machine() -> dict[str, str]:
                 if line.startswith("model name")), platform.processor() or "unknown")
     mem_kb = next((int(line.split()[1]) for line in _read("/proc/meminfo").splitlines()
                    if line.startswith("MemTotal:")), None)
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
+        if torch.cuda.is_available() else []
     return {
         "CPU": f"{cpu}, {usable_cores()} usable cores ({os.cpu_count()} on the machine)",
         "Memory": f"{mem_kb / 2**20:.1f} GiB" if mem_kb else "unknown",

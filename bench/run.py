@@ -3,8 +3,10 @@
     python -m bench.run                         # start the service (dummy weights), run everything
     python -m bench.run --url http://host:8000 --model kokoro --voice af_heart --no-in-process
 
-Scenarios: `short` (one client, one sentence), `paragraph` (one client, ~600 characters) and
-`cN` (N clients at once, each sending the paragraph). Results are printed and appended to --out.
+Scenarios: `short` (one client, one sentence), `paragraph` (one client, ~600 characters), `cN`
+(N clients at once, each sending the paragraph) and `sN` (N clients at once, each sending a
+~150-character sentence: the concurrency sweep, kept short so 64 clients fit in minutes).
+Results are printed and appended to --out.
 """
 from datetime import datetime, timezone
 from functools import partial
@@ -19,8 +21,8 @@ import tempfile
 import time
 
 from . import client, in_process, report
-from .service import ServeProcess, config_for_versions
-from .stats import Measurement, evaluate
+from .service import ServeProcess, config_for_versions, with_model_settings
+from .stats import Measurement, batching_targets, evaluate
 
 SHORT = "The quick brown fox jumps over the lazy dog."
 PARAGRAPH = (  # 601 characters, five sentences
@@ -30,17 +32,22 @@ PARAGRAPH = (  # 601 characters, five sentences
     "rocks below, and few of their captains ever knew the name of the man who kept it burning. When the "
     "keeper finally retired, the town held a small ceremony on the harbour wall, where children sang, "
     "fishermen told stories, and the mayor thanked him for forty years of quiet, faithful service.")
-TEXTS = {"short": SHORT, "paragraph": PARAGRAPH}
+SENTENCE = (  # 148 characters, two clauses: one first piece and one more
+    "Every evening the keeper climbed the spiral stairs to light the lamp, "
+    "counting each of the one hundred and twelve steps out loud as he went.")
+TEXTS = {"short": SHORT, "sentence": SENTENCE, "paragraph": PARAGRAPH}
+CONCURRENT_TEXTS = {"c": "paragraph", "s": "sentence"}
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def scenario_clients(name: str) -> tuple[str, int]:
-    """`short`/`paragraph` -> (text, 1 client); `cN` -> (paragraph, N clients)."""
+    """`short`/`sentence`/`paragraph` -> (text, 1 client); `cN` -> (paragraph, N); `sN` -> (sentence, N)."""
     if name in TEXTS:
         return name, 1
-    if name[:1] == "c" and name[1:].isdigit() and int(name[1:]) > 0:
-        return "paragraph", int(name[1:])
-    raise argparse.ArgumentTypeError(f"unknown scenario '{name}': use short, paragraph or cN (N clients)")
+    if name[:1] in CONCURRENT_TEXTS and name[1:].isdigit() and int(name[1:]) > 0:
+        return CONCURRENT_TEXTS[name[:1]], int(name[1:])
+    raise argparse.ArgumentTypeError(f"unknown scenario '{name}': use short, sentence, paragraph, cN or sN "
+                                     "(N clients)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "service also reads); never written to the report")
     parser.add_argument("--scenarios", default="short,paragraph,c4,c8,c16",
                         type=lambda s: [n.strip() for n in s.split(",") if n.strip()],
-                        help="comma-separated: short, paragraph, cN (default %(default)s)")
+                        help="comma-separated: short, sentence, paragraph, cN, sN (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="requests per scenario at least; each of N clients sends ceil(repeats/N) (default 3)")
     parser.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=True,
@@ -67,6 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="config for --start-service; its port must match --url")
     parser.add_argument("--serve-versions", default="v1.0", type=lambda s: [v.strip() for v in s.split(",")],
                         help="model versions the started service loads (default v1.0, the one measured)")
+    parser.add_argument("--max-batch-size", type=int, help="the started service's batch size (1: no batching; "
+                        "default: as the config says)")
+    parser.add_argument("--replicas", type=int, help="the started service's model replicas (default: as configured)")
+    parser.add_argument("--replica-cpus", type=float, help="CPUs (torch threads) per model replica (default: as "
+                        "configured)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per request (default 600)")
     parser.add_argument("--poll-interval", type=float, default=0.5,
                         help="seconds between polls of /health and /v1/models during scenarios")
@@ -97,9 +109,12 @@ def shown_command(argv: list[str], module: str = "bench.run") -> str:
 
 def run_in_process(args, cores: int) -> list[Measurement]:
     """One process on all cores, one process on one core, and one single-threaded process per core."""
-    plans = [(1, cores, TEXTS), (1, 1, TEXTS)]
+    texts = {name: TEXTS[name] for name in ("short", "paragraph")}
+    if any(scenario_clients(name)[0] == "sentence" for name in args.scenarios):
+        texts["sentence"] = SENTENCE
+    plans = [(1, cores, texts), (1, 1, texts)]
     if cores > 1:
-        plans.append((cores, 1, {"paragraph": TEXTS["paragraph"]}))
+        plans.append((cores, 1, {"paragraph": PARAGRAPH}))
     results = []
     for procs, threads, texts in plans:
         print(f"in-process: {procs} process(es) x {threads} thread(s) on {args.device} ...", flush=True)
@@ -150,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     serve = None
     if args.start_service:  # set up (and fail) before the long in-process part
         log = Path(tempfile.gettempdir()) / f"bench-serve-{os.getpid()}.log"
-        serve = ServeProcess(config_for_versions(args.serve_config, args.serve_versions), args.url, log)
-        endpoint += f", started by the benchmark: {args.serve_config}, versions {', '.join(args.serve_versions)}, dummy weights"
+        config = with_model_settings(config_for_versions(args.serve_config, args.serve_versions),
+                                     args.max_batch_size, args.replicas, args.replica_cpus)
+        serve = ServeProcess(config, args.url, log)
+        endpoint += (f", started by the benchmark: {args.serve_config}, "
+                     f"versions {', '.join(args.serve_versions)}, dummy weights")
 
     # In-process first, before the service exists, so neither competes with the other for cores.
     baseline = run_in_process(args, cores) if args.in_process else []
@@ -165,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info["Load average"] = f"{load_at_start} at the start, {report.load_average()} at the end (1/5/15 min)"
     peaks = [m.rss_peak for m in service.values() if m.rss_peak is not None] + ([rss_idle] if rss_idle else [])
-    targets = evaluate(service, baseline, cores, max(peaks, default=None))
+    targets = evaluate(service, baseline, cores, max(peaks, default=None)) + batching_targets(service, baseline, cores)
     label = args.label or (f"GPU: {info['GPU']}" if info["GPU"] != "none" else f"CPU: {cores} cores")
     section = report.render(label, date, command, info, endpoint, service, baseline, rss_idle, targets)
     report.publish(args.out, section)

@@ -20,17 +20,40 @@ def answers(url: str) -> bool:
 def config_for_versions(config_path: str, versions: list[str]) -> dict:
     """The Serve config with only `versions` loaded: the app's `versions` arg, and no deployment
     settings for the other versions' model deployments (Serve rejects settings for absent ones)."""
-    from serve_app.app import MODEL_DEPLOYMENTS
+    from serve_app.versions import VERSIONS
 
-    unknown = set(versions) - set(MODEL_DEPLOYMENTS)
+    unknown = set(versions) - set(VERSIONS)
     if unknown or not versions:
-        raise ValueError(f"versions {sorted(unknown) or versions} unknown; this build serves {sorted(MODEL_DEPLOYMENTS)}")
-    dropped = {deployment.name for version, deployment in MODEL_DEPLOYMENTS.items() if version not in versions}
+        raise ValueError(f"versions {sorted(unknown) or versions} unknown; this build serves {sorted(VERSIONS)}")
+    dropped = {version.deployment for name, version in VERSIONS.items() if name not in versions}
     config = yaml.safe_load(Path(config_path).read_text())
     for app in config["applications"]:
         if app.get("import_path") == "serve_app.app:build_app":
             app["args"] = {**app.get("args", {}), "versions": list(versions)}
             app["deployments"] = [d for d in app.get("deployments", []) if d["name"] not in dropped]
+    return config
+
+
+def with_model_settings(config: dict, max_batch_size: int | None = None, replicas: int | None = None,
+                        cpus: float | None = None) -> dict:
+    """The config with the model replicas' batch size, count or CPUs replaced (None: as configured)."""
+    from serve_app.versions import VERSIONS
+
+    models = {version.deployment for version in VERSIONS.values()}
+    for app in config["applications"]:
+        if app.get("import_path") != "serve_app.app:build_app":
+            continue
+        if max_batch_size is not None:
+            batching = app.setdefault("args", {}).setdefault("batching", {})
+            batching["max_batch_size"] = max_batch_size
+        for deployment in app.get("deployments", []):
+            if deployment["name"] not in models:
+                continue
+            if replicas is not None:
+                deployment.pop("autoscaling_config", None)
+                deployment["num_replicas"] = replicas
+            if cpus is not None:
+                deployment.setdefault("ray_actor_options", {})["num_cpus"] = cpus
     return config
 
 

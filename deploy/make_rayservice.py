@@ -4,14 +4,14 @@
     python deploy/make_rayservice.py --check   # exit 1 if the committed file is stale
     python deploy/make_rayservice.py --image   # print the image reference the manifest uses
 """
+from pathlib import Path
 import argparse
 import copy
 import sys
-import tomllib
-from pathlib import Path
 
-import yaml
 from packaging.requirements import Requirement
+import tomllib
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a plain script: serve_app lives in the repo root

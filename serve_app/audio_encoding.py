@@ -28,7 +28,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
-SAMPLE_RATE = 24000
+from .protocol import SAMPLE_RATE
+
 FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 CONTENT_TYPES = {
     "mp3": "audio/mpeg",

@@ -8,21 +8,16 @@ unless --force. Every version is then loaded through the service's own strict lo
 bad file fails here, not when a replica starts. Without hub access, copy the files by hand
 into the layout and run this again: it then only verifies.
 """
-# huggingface_hub is imported before anything that imports serve_app.model_loading, which does
-# os.environ.setdefault("HF_HUB_OFFLINE", "1") so that serving never downloads. huggingface_hub
-# reads HF_HUB_OFFLINE once, at its first import: imported after model_loading, it would refuse
-# every download here. So model_loading is imported only inside verify_version, after the
-# downloads. An HF_HUB_OFFLINE that the user set is still honoured (cached files only).
-from huggingface_hub import constants as hub_constants
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
-
 from pathlib import Path
 import argparse
 import json
 import os
 import posixpath
 import sys
+
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
 from .errors import ModelFileError
 from .versions import VERSIONS, ModelVersion
@@ -110,7 +105,7 @@ def verify_version(version: ModelVersion, root: Path, config: dict | None = None
 
     `config` replaces the packaged config of the version (for models other than the release).
     """
-    from .model_loading import load_model, load_voice_pack  # only now: see the top of this file
+    from .model_loading import load_model, load_voice_pack  # torch and kokoro: only when verifying
 
     model = load_model(version, version.packaged_config() if config is None else config, root)
     voices_dir = version.voices_dir(root)
@@ -141,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--versions", nargs="+", choices=list(VERSIONS), default=list(VERSIONS),
                         help="model versions to fetch (default: all)")
     parser.add_argument("--voices", nargs="+", metavar="NAME", default=None,
-                        help="voices to fetch, each for every selected version that has it (default: all voices of each release)")
+                        help="voices to fetch, each for every selected version that has it "
+                             "(default: all voices of each release)")
     parser.add_argument("--repo", type=_per_version, action="append", default=[], metavar="VERSION=OWNER/NAME",
                         help="hub repo of a version (defaults: " +
                              ", ".join(f"{v.name}={v.hub_repo}" for v in VERSIONS.values()) + ")")

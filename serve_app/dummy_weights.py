@@ -3,17 +3,17 @@
 The audio is noise. Durations are made realistic so that compute per character, and so load
 tests and benchmarks, match the real model.
 """
-import logging
 import math
 import zlib
 
 from kokoro import KModel
 import torch
 
+from .logs import get_logger
 from .model_loading import build_random_model
 from .versions import ModelVersion
 
-logger = logging.getLogger("ray.serve")  # the logger Serve routes to replica logs
+logger = get_logger()
 
 # Real speech is about 3 duration frames (25 ms each) per phoneme; random weights give ~25.
 FRAMES_PER_TOKEN = 3.0

@@ -1,7 +1,17 @@
 """Errors that reach clients, in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
 
+QUOTED_CHARS = 40  # error messages quote at most this much of what a client sent
+
+
+def quote(text: str) -> str:
+    """A short, printable excerpt of client input for an error message."""
+    excerpt = text[:QUOTED_CHARS].encode("utf-8", "backslashreplace").decode("utf-8")
+    return f"'{excerpt}'" if len(text) <= QUOTED_CHARS else f"'{excerpt}...'"
+
 
 class ServiceError(Exception):
+    """An error a client sees: its HTTP status, OpenAI's error type, the message, param and code."""
+
     status = 500
     type = "server_error"
 
@@ -15,29 +25,24 @@ class ServiceError(Exception):
 
 
 class InvalidRequest(ServiceError):
-    status = 400
-    type = "invalid_request_error"
+    status, type = 400, "invalid_request_error"
+
+
+class Unauthorized(ServiceError):
+    status, type = 401, "invalid_request_error"
 
 
 class NotFound(ServiceError):
-    status = 404
-    type = "invalid_request_error"
+    status, type = 404, "invalid_request_error"
+
+
+class InputTooLong(ServiceError):
+    status, type = 413, "invalid_request_error"
 
 
 class Overloaded(ServiceError):
-    status = 503
-    type = "server_overloaded"
+    status, type = 503, "server_overloaded"
 
 
 class ModelFileError(RuntimeError):
     """A weight, voice or config file is missing, unreadable or does not match the model."""
-
-
-class InputTooLong(ServiceError):
-    status = 413
-    type = "invalid_request_error"
-
-
-class Unauthorized(ServiceError):
-    status = 401
-    type = "invalid_request_error"

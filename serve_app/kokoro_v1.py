@@ -1,22 +1,23 @@
-"""Kokoro v1.0: one `KModel` shared by a cache of `KPipeline`s, one per language."""
-from typing import AsyncIterator
+"""Kokoro v1.0: one `KModel` shared by a cache of `KPipeline`s (the front ends), one per language."""
 import asyncio
-import logging
 import re
 import threading
 
 from kokoro import KModel, KPipeline
-from kokoro.pipeline import ALIASES, LANG_CODES
+from kokoro.pipeline import LANG_CODES
 from misaki import espeak
 import spacy
 
+from .config import BatchPolicy
 from .errors import InvalidRequest
+from .kokoro_engine import MAX_TOKENS, KokoroEngine, Segment
+from .logs import get_logger
 from .phoneme_split import split_phonemes
-from .synthesis import AudioChunk, ModelThread, Word
+from .protocol import SynthesisOptions, Word
 from .voices import VoiceLibrary
 from .word_timings import from_misaki_tokens, from_phoneme_words
 
-logger = logging.getLogger("ray.serve")  # the logger Serve routes to replica logs
+logger = get_logger()
 
 SPACY_ENGLISH = "en_core_web_sm"
 ESPEAK_ENGLISH = {"a": "en-us", "b": "en-gb"}
@@ -39,24 +40,13 @@ def espeak_english_pipeline(lang_code: str, repo_id: str, model: KModel) -> KPip
     return pipeline
 
 
-class KokoroV1Wrapper:
-    def __init__(self, model: KModel, voices: VoiceLibrary):
-        self.model = model
-        self.voices = voices
+class KokoroV1Wrapper(KokoroEngine):
+    """Kokoro v1.0 in a replica: one model, a front-end pipeline per language, batched synthesis."""
+
+    def __init__(self, model: KModel, voices: VoiceLibrary, batching: BatchPolicy | None = None):
+        super().__init__(model, voices, batching)
         self._pipelines: dict[str, KPipeline] = {}
         self._pipelines_lock = threading.Lock()
-        self._model_thread = ModelThread(release_memory=model.device.type == "cpu")
-
-    @staticmethod
-    def resolve_lang_code(lang_code: str | None, voice: str) -> str:
-        # v1.0 voice names start with their language code: af_heart is American English.
-        code = (lang_code or voice[:1]).lower()
-        code = ALIASES.get(code, code)
-        if code not in LANG_CODES:
-            valid = ", ".join(f"{c} ({name})" for c, name in LANG_CODES.items())
-            raise InvalidRequest(f"unknown lang_code '{lang_code or code}'; valid codes: {valid}",
-                                 param="lang_code", code="invalid_lang_code")
-        return code
 
     def pipeline(self, lang_code: str) -> KPipeline:
         """The cached pipeline for a language, made on first use; a failed one is not cached."""
@@ -78,43 +68,48 @@ class KokoroV1Wrapper:
             raise InvalidRequest(f"language '{lang_code}' ({LANG_CODES[lang_code]}) is not installed "
                                  f"on this server: {e}", param="lang_code", code="language_unavailable") from e
 
-    async def forward(self, text: str, voice: str, lang_code: str | None = None, speed: float = 1.0,
-                      seed: int | None = None, deadline: float | None = None) -> AsyncIterator[AudioChunk]:
-        """Yield audio chunk by chunk, as it is made; text too long for one call is split.
-
-        `deadline` (epoch seconds) is when the client needs this audio: see ModelThread.
-        """
-        pack = self.voices.pack(voice)
-        pipeline = await asyncio.to_thread(self.pipeline, self.resolve_lang_code(lang_code, voice))
+    async def segments(self, text: str, options: SynthesisOptions) -> list[Segment]:
+        pipeline = await asyncio.to_thread(self.pipeline, options.lang_code)
         if pipeline.lang_code in ESPEAK_ENGLISH:  # misaki's English G2P: KPipeline splits by phonemes
-            steps = ((r, r.graphemes) for r in pipeline(text, voice=pack, speed=speed))
-        else:
-            steps = espeak_steps(pipeline, text, pack, speed)
-        async for result, words in self._model_thread.steps(steps, seed, deadline):
-            if result.audio is not None:
-                yield AudioChunk(result.audio.numpy(), self.words_of(result, words))
+            return await asyncio.to_thread(lambda: list(misaki_segments(pipeline, text)))
+        return await asyncio.to_thread(lambda: list(espeak_segments(pipeline, text)))
 
-    def words_of(self, result: KPipeline.Result, text: str) -> list[Word]:
-        if result.tokens is not None:
-            return from_misaki_tokens(result.tokens)
-        return from_phoneme_words(text, result.phonemes, result.pred_dur, self.model.vocab)
+    def style_row(self, phonemes: str, token_count: int) -> int:
+        return len(phonemes) - 1  # as KPipeline.infer picks it
+
+    def words(self, segment: Segment, pred_dur) -> list[Word]:
+        if segment.tokens is not None:
+            KPipeline.join_timestamps(segment.tokens, pred_dur)
+            return from_misaki_tokens(segment.tokens)
+        return from_phoneme_words(segment.text, segment.phonemes, pred_dur, self.model.vocab)
 
 
-def espeak_steps(pipeline: KPipeline, text: str, pack, speed: float):
-    """(result, its words) per piece of at most 510 phonemes.
+def lines(text: str) -> list[str]:
+    """KPipeline's own boundaries: each line is phonemised on its own."""
+    return [line for line in LINE_BREAKS.split(text.strip()) if line.strip()]
+
+
+def misaki_segments(pipeline: KPipeline, text: str):
+    """misaki's English G2P, cut into segments the way KPipeline cuts it (en_tokenize)."""
+    for line in lines(text):
+        _, tokens = pipeline.g2p(line)
+        for graphemes, phonemes, segment_tokens in pipeline.en_tokenize(tokens):
+            if phonemes:
+                yield Segment(phonemes[:MAX_TOKENS], graphemes, segment_tokens)
+
+
+def espeak_segments(pipeline: KPipeline, text: str):
+    """Segments of at most 510 phonemes from an espeak-ng G2P.
 
     KPipeline's espeak branch cuts text at ~400 characters and then truncates the phonemes
     to 510, dropping speech when text expands (numbers, symbols); cutting the phonemes instead
     loses nothing. Words follow their phoneme words, when the two counts agree.
     """
-    for line in LINE_BREAKS.split(text.strip()):  # KPipeline's boundaries too
-        if not line.strip():
-            continue
+    for line in lines(text):
         phonemes, _ = pipeline.g2p(line)
         words = line.split()
         aligned = len(words) == len(phonemes.split())
         for piece in split_phonemes(phonemes.strip()):
             count = len(piece.split())
             piece_words, words = words[:count], words[count:]
-            for result in pipeline.generate_from_tokens(piece, voice=pack, speed=speed):
-                yield result, " ".join(piece_words) if aligned else ""
+            yield Segment(piece, " ".join(piece_words) if aligned else "")

@@ -1,31 +1,24 @@
 """Ray Serve deployments holding the models, one deployment per model version."""
-from dataclasses import dataclass
 from pathlib import Path
 import asyncio
 import json
-import logging
 
 from ray import serve
 import ray
 import torch
 
+from .config import BatchPolicy, ModelSettings
 from .dummy_weights import make_dummy_model
 from .errors import ModelFileError
-from .kokoro_v0_19 import KokoroV019Engine
+from .kokoro_v0_19 import KokoroV019Wrapper
 from .kokoro_v1 import KokoroV1Wrapper
+from .logs import get_logger
 from .model_loading import fold_weight_norm, load_model
+from .protocol import SynthesisOptions
 from .versions import V0_19, V1_0, ModelVersion
 from .voices import VoiceLibrary
 
-logger = logging.getLogger("ray.serve")  # the logger Serve routes to replica logs
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    version: str
-    weights: str              # "local" or "dummy"
-    model_root: str
-    config_path: str | None   # None: the config shipped in the package
+logger = get_logger()
 
 
 def load_config(version: ModelVersion, config_path: str | None) -> dict:
@@ -56,20 +49,21 @@ class ModelReplica:
         else:
             root = Path(settings.model_root)
             model, voices = load_model(self.version, config, root), VoiceLibrary(self.version, root)
-        self.engine = self.make_engine(fold_weight_norm(model).to(self.device), voices)
+        self.engine = self.make_engine(fold_weight_norm(model).to(self.device), voices, settings.batching)
         self._fatal: Exception | None = None
         self._counts = {"chunks": 0, "cancelled": 0}
-        logger.info("%s replica ready on %s with %d torch threads, %d voices",
-                    self.version.name, self.device, torch.get_num_threads(), len(voices.names()))
+        logger.info("%s replica ready on %s with %d torch threads, %d voices, batches of up to %d",
+                    self.version.name, self.device, torch.get_num_threads(), len(voices.names()),
+                    self.engine.model_thread.policy.max_batch_size)
 
-    def make_engine(self, model, voices: VoiceLibrary):
+    def make_engine(self, model, voices: VoiceLibrary, batching: BatchPolicy):
         raise NotImplementedError
 
-    async def forward(self, text: str, voice: str, lang_code: str | None = None,
-                      speed: float = 1.0, seed: int | None = None, deadline: float | None = None):
-        """Audio of one piece of text; `deadline` (epoch seconds) is when its client needs it."""
+    async def forward(self, text: str, options: SynthesisOptions, due: float | None = None):
+        """Audio of one piece of text, already validated by the ingress; `due` (epoch seconds)
+        is when its client needs it."""
         try:
-            async for chunk in self.engine.forward(text, voice, lang_code, speed, seed, deadline):
+            async for chunk in self.engine.forward(text, options, due):
                 self._counts["chunks"] += 1
                 yield chunk
         except (asyncio.CancelledError, GeneratorExit):
@@ -83,8 +77,8 @@ class ModelReplica:
             raise
 
     def stats(self) -> dict:
-        """Audio chunks made and calls cancelled by this replica (what tests and operators watch)."""
-        return dict(self._counts)
+        """Audio chunks made, calls cancelled and batches run by size (what tests and operators watch)."""
+        return {**self._counts, "batches": dict(self.engine.model_thread.batch_sizes)}
 
     def voices(self) -> list[str]:
         return self.engine.voices.names()
@@ -97,17 +91,25 @@ class ModelReplica:
             raise RuntimeError(f"{self.device} computes wrong results")
 
 
-@serve.deployment(name="KokoroV1Model")
+# A model that cannot load (missing or bad weights) is a failed deployment after a few tries, not a
+# retry loop. Set here because Serve's config-file schema has no max_constructor_retry_count.
+CONSTRUCTOR_RETRIES = 3
+
+
+@serve.deployment(name=V1_0.deployment, max_constructor_retry_count=CONSTRUCTOR_RETRIES)
 class KokoroV1Model(ModelReplica):
     version = V1_0
 
-    def make_engine(self, model, voices):
-        return KokoroV1Wrapper(model, voices)
+    def make_engine(self, model, voices, batching):
+        return KokoroV1Wrapper(model, voices, batching)
 
 
-@serve.deployment(name="KokoroV019Model")
+@serve.deployment(name=V0_19.deployment, max_constructor_retry_count=CONSTRUCTOR_RETRIES)
 class KokoroV019Model(ModelReplica):
     version = V0_19
 
-    def make_engine(self, model, voices):
-        return KokoroV019Engine(model, voices)
+    def make_engine(self, model, voices, batching):
+        return KokoroV019Wrapper(model, voices, batching)
+
+
+MODEL_DEPLOYMENTS = {V1_0.name: KokoroV1Model, V0_19.name: KokoroV019Model}

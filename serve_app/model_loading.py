@@ -4,23 +4,17 @@
 missing or misnamed tensors; this module verifies names and shapes of all five modules first
 and fails with an error naming the file and what is wrong.
 """
-import os
-
-# Serving never downloads: set before huggingface_hub is first imported (through kokoro), or
-# every cache miss retries against the hub for ~20 s.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 from pathlib import Path
 import io
-import logging
 
 from kokoro import KModel
 import torch
 
 from .errors import ModelFileError
+from .logs import get_logger
 from .versions import ModelVersion
 
-logger = logging.getLogger("ray.serve")  # the logger Serve routes to replica logs
+logger = get_logger()
 
 MODULES = ("bert", "bert_encoder", "predictor", "text_encoder", "decoder")
 PUBLISHED_PREFIX = "module."  # the published files were saved from DataParallel wrappers

@@ -9,16 +9,15 @@ Every vocab symbol is one character and one token, so len(phonemes) is the
 token count of a phonemize() result.
 """
 
+from importlib import resources
 import functools
 import json
-import os
 import re
 import threading
-from importlib import resources
 
-import espeakng_loader
 from phonemizer.backend import EspeakBackend
 from phonemizer.backend.espeak.wrapper import EspeakWrapper
+import espeakng_loader
 
 from .phoneme_split import MAX_PHONEMES, split_phonemes
 
@@ -186,9 +185,9 @@ def tokenize(phonemes: str) -> list[int]:
     return [vocab[c] for c in phonemes if c in vocab and c != _PAD]
 
 
-# --- chunking -----------------------------------------------------------------
+# --- pieces -------------------------------------------------------------------
 
-def text_to_chunks(text: str, british: bool) -> list[str]:
+def text_to_pieces(text: str, british: bool) -> list[str]:
     """Phoneme strings of at most MAX_TOKENS tokens each, covering all of text.
 
     The whole text is phonemised in one espeak call (as v0.19 did), then cut at
@@ -196,8 +195,3 @@ def text_to_chunks(text: str, british: bool) -> list[str]:
     """
     ps = phonemize(text, british)
     return split_phonemes(ps) if ps else []
-
-
-def voice_is_british(voice: str) -> bool:
-    """v0.19 voices starting with 'b' are British English; 'a' and 'af' American."""
-    return os.path.basename(voice).startswith("b")

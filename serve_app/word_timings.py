@@ -1,5 +1,5 @@
 """Word start/end times from the model's predicted durations."""
-from .synthesis import SAMPLE_RATE, Word
+from .protocol import SAMPLE_RATE, Word
 
 FRAME_SECONDS = 600 / SAMPLE_RATE  # KModel makes exactly 600 samples per duration frame
 

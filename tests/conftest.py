@@ -1,12 +1,19 @@
 """Shared fixtures: tiny model releases on disk, one Ray Serve instance per test session."""
+import os
+
+# The tests are the runtime environment of in-process models: nothing may reach the hub. Set
+# before anything imports huggingface_hub, which reads it once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 from dataclasses import dataclass
 from pathlib import Path
 import copy
-import os
 import socket
 
 import pytest
 import yaml
+
+from fake_hub import FakeHub, Published, build_published, install_hub
 
 from tiny_release import save_release
 
@@ -32,6 +39,18 @@ def release(tmp_path_factory) -> Release:
     })
 
 
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> Published:
+    """The releases the fake hub serves (tests/fake_hub.py)."""
+    return build_published(tmp_path_factory.mktemp("hub-release"))
+
+
+@pytest.fixture
+def hub(tmp_path, published, monkeypatch) -> FakeHub:
+    """The Hugging Face hub, faked: the one part of the world outside that tests replace."""
+    return install_hub(tmp_path / "hub", published, monkeypatch)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,8 +64,8 @@ def serve_url():
     # Autoscaling tests need load metrics within a fraction of a second, not every 10 s.
     os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.2")
     os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.2")
-    import ray
     from ray import serve
+    import ray
 
     ray.init(num_cpus=8, include_dashboard=False, object_store_memory=500 * 2**20, log_to_driver=False)
     port = free_port()
@@ -62,7 +81,9 @@ def project_app_config(**args) -> dict:
     app = copy.deepcopy(config["applications"][0])
     app["args"] = {**app["args"], **args}
     versions = app["args"]["versions"]
-    wanted = {"SpeechIngress"} | {{"v1.0": "KokoroV1Model", "v0.19": "KokoroV019Model"}[v] for v in versions}
+    from serve_app.versions import VERSIONS
+
+    wanted = {"SpeechIngress"} | {VERSIONS[v].deployment for v in versions}
     app["deployments"] = [d for d in app["deployments"] if d["name"] in wanted]
     return app
 
@@ -83,3 +104,14 @@ def both_versions(serve_url, release) -> str:
     deploy(project_app_config(model_root=str(release.root), weights="local",
                               versions=["v1.0", "v0.19"], configs=release.configs))
     return serve_url
+
+
+# Test modules that start Ray themselves (their own cluster or `serve run`), without `serve_url`.
+OWN_RAY_MODULES = {"test_multinode.py", "test_serve_run_cli.py"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark every test `ray` or `fast`, so `pytest -m fast` runs the tier that needs no Ray."""
+    for item in items:
+        needs_ray = "serve_url" in getattr(item, "fixturenames", ()) or item.path.name in OWN_RAY_MODULES
+        item.add_marker(pytest.mark.ray if needs_ray else pytest.mark.fast)

@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import threading
 import time
 
+from ray import serve
 import httpx
 import pytest
-from ray import serve
 
 from conftest import deploy, project_app_config
 

@@ -2,24 +2,27 @@
 from argparse import Namespace
 from pathlib import Path
 import asyncio
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
 
-import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
+import pytest
 import uvicorn
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 from bench import client, in_process, report, run
+from bench.stats import Measurement, Poll, Sample, batching_targets, evaluate, percentile, poll_summary
+
 from conftest import free_port
-from bench.stats import Measurement, Poll, Sample, evaluate, percentile, poll_summary
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # --- maths -----------------------------------------------------------------------------------
 
@@ -111,6 +114,22 @@ def test_targets_not_measured_without_scenario_baseline_or_replica():
     assert all(t.line().startswith("n/a") for t in targets)
 
 
+def test_batching_targets_compare_lone_and_concurrent_runs_with_in_process():
+    in_process = baseline() + [measurement("short", 1, 1.0, 1.0, 3.0, wall=1.0, threads=2),
+                               measurement("sentence", 1, 3.0, 3.0, 9.0, wall=3.0, threads=2)]   # 3.0 audio s/s
+    targets = batching_targets(service(
+        short=measurement("short", 1, 0.8, 1.0, 3.0, wall=1.0),
+        s16=measurement("sentence", 16, 2.0, 20.0, 9.0, wall=30.0, n=16),                  # 4.8 audio s/s
+        s32=measurement("sentence", 32, 2.0, 20.0, 9.0, wall=60.0, n=32, errors=1),
+    ), in_process, CORES)
+    lines = "\n".join(t.line() for t in targets)
+    assert [t.passed for t in targets] == [True, False, False, True, False], lines
+    assert "0.800 / 1.000" in targets[0].detail and "1.905 / 2.000" in targets[1].detail
+    assert targets[2].name.startswith("c8") and "2.133 / 2.222" in targets[2].detail  # the paragraph's best
+    assert targets[3].name.startswith("s16") and "4.800 / 3.000 = 1.600" in targets[3].detail
+    assert "served 32/33" in targets[4].detail
+
+
 # --- report ----------------------------------------------------------------------------------
 
 
@@ -173,8 +192,27 @@ def test_started_service_config_keeps_only_the_measured_version():
         config_for_versions(str(REPO_ROOT / "serve_config.yaml"), ["v1.0", "v9"])
 
 
+def test_model_settings_override_batching_replicas_and_cpus_of_the_models_only():
+    from bench.service import config_for_versions, with_model_settings
+    from serve_app.config import resolve_args
+    from serve_app.config_check import validate_serve_config
+
+    config = with_model_settings(config_for_versions(str(REPO_ROOT / "serve_config.yaml"), ["v1.0"]),
+                                 max_batch_size=4, replicas=1, cpus=2)
+    validate_serve_config(config)
+    app = config["applications"][0]
+    assert resolve_args(app["args"]).batching.max_batch_size == 4
+    models = {d["name"]: d for d in app["deployments"]}
+    assert models["KokoroV1Model"]["num_replicas"] == 1 and "autoscaling_config" not in models["KokoroV1Model"]
+    assert models["KokoroV1Model"]["ray_actor_options"]["num_cpus"] == 2
+    assert models["SpeechIngress"]["ray_actor_options"]["num_cpus"] == 0  # the ingress is left alone
+    unchanged = config_for_versions(str(REPO_ROOT / "serve_config.yaml"), ["v1.0"])
+    assert with_model_settings(unchanged) == config_for_versions(str(REPO_ROOT / "serve_config.yaml"), ["v1.0"])
+
+
 def test_report_command_hides_the_api_key():
-    command = run.shown_command(["--url", "http://h:1", "--api-key", "sk-secret", "--api-key=sk-other", "--repeats", "2"])
+    command = run.shown_command(["--url", "http://h:1", "--api-key", "sk-secret", "--api-key=sk-other",
+                                 "--repeats", "2"])
     assert "sk-" not in command
     assert command == "python -m bench.run --url http://h:1 --api-key '***' '--api-key=***' --repeats 2"
 
@@ -307,8 +345,9 @@ def test_replica_rss_finds_processes_by_title():
 
 
 def test_in_process_measure_with_a_tiny_model():
-    from tiny_release import tiny_config
     from serve_app.versions import V1_0
+
+    from tiny_release import tiny_config
 
     texts = {"short": "Hello there.", "paragraph": "One sentence. And another one, a little longer."}
     short, paragraph = in_process.measure(texts, procs=1, threads=1, repeats=2, voice="af_heart",
@@ -329,22 +368,49 @@ def test_in_process_failure_in_a_worker_is_reported_not_waited_on():
     assert time.monotonic() - start < 120
 
 
-def test_chunk_sizes_measures_every_size_each_round_and_reports_medians():
+def test_piece_sizes_measures_every_size_each_round_and_reports_medians():
     import torch
-    from tiny_release import tiny_config
-    from bench import chunk_sizes
-    from serve_app.text_chunks import split_text
+
+    from bench import piece_sizes
+    from serve_app.text_pieces import split_text
     from serve_app.versions import V1_0
+
+    from tiny_release import tiny_config
 
     text = "One sentence here. Another, slightly longer sentence follows it. And a third one."
     threads = torch.get_num_threads()
     try:
-        results = chunk_sizes.measure([20, 200], rounds=2, text=text, config=tiny_config(V1_0))
+        results = piece_sizes.measure([20, 200], rounds=2, text=text, config=tiny_config(V1_0))
     finally:
         torch.set_num_threads(threads)
-    assert [r["chunks"] for r in results[20]] == [len(split_text(text, 20, 20))] * 2 != [1, 1]
-    assert [r["chunks"] for r in results[200]] == [1, 1]
+    assert [r["pieces"] for r in results[20]] == [len(split_text(text, 20, 20))] * 2 != [1, 1]
+    assert [r["pieces"] for r in results[200]] == [1, 1]
     for records in results.values():
         assert all(r["audio_s"] > 0 and r["wall"] > 0 and r["rss_rise"] >= 0 for r in records)
-    section = chunk_sizes.render("today", "python -m bench.chunk_sizes", {"CPU": "test"}, 1, len(text), results)
-    assert "| 200 | 1 |" in section and f"| 20 | {results[20][0]['chunks']} |" in section
+    section = piece_sizes.render("today", "python -m bench.piece_sizes", {"CPU": "test"}, 1, len(text), results)
+    assert "| 200 | 1 |" in section and f"| 20 | {results[20][0]['pieces']} |" in section
+
+
+def test_gpu_batching_bench_runs_on_the_cpu_without_kokoros_front_end(tmp_path):
+    """The GPU benchmark with a tiny model on the CPU, in a process where misaki cannot be imported
+    (as on a GPU machine that carries only kokoro's wheel)."""
+    from serve_app.versions import V1_0
+
+    from tiny_release import tiny_config
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config(V1_0)))
+    rows, out = tmp_path / "rows.json", tmp_path / "bench.md"
+    code = ("import sys; sys.modules['misaki'] = None\n"  # None in sys.modules: `import misaki` fails
+            "from bench import gpu_batching\n"
+            f"sys.exit(gpu_batching.main(['--config', {str(config)!r}, '--clients', '1,3', '--batch-sizes', '1,3',"
+            f" '--seconds', '0.5', '--json', {str(rows)!r}, '--out', {str(out)!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads(rows.read_text())
+    assert [(r["clients"], r["max_batch_size"]) for r in table] == [(1, 1), (3, 1), (1, 3), (3, 3)]
+    assert all(r["audio_per_s"] > 0 and r["pieces"] >= r["clients"] and r["first_p95"] >= r["first_p50"] > 0
+               for r in table)
+    assert all(r["mean_batch"] == 1 for r in table if r["max_batch_size"] == 1)
+    assert table[3]["mean_batch"] > 1  # three callers at once, batches of up to three: they formed
+    assert "| 3 | 3 |" in out.read_text() and "python -m bench.gpu_batching" in out.read_text()

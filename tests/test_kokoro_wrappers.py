@@ -1,4 +1,4 @@
-"""The model-side engines in-process, on real tiny models: KokoroV1Wrapper and KokoroV019Engine.
+"""The model-side engines in-process, on real tiny models: KokoroV1Wrapper and KokoroV019Wrapper.
 
 The vocoder's cost is per audio frame, so long texts run at speed 4 (the tiny v1.0 model: every
 token one frame) or on a dummy model set to one frame a token (v0.19).
@@ -8,22 +8,25 @@ import logging
 import socket
 import time
 
-import numpy as np
-import pytest
-import torch
 from kokoro import KPipeline
 from kokoro.pipeline import LANG_CODES
 from misaki.espeak import EspeakG2P
+import numpy as np
+import pytest
+import torch
 
+from serve_app.config import BatchPolicy
 from serve_app.dummy_weights import make_dummy_model, set_realistic_durations
 from serve_app.errors import InvalidRequest
-from serve_app.kokoro_v0_19 import KokoroV019Engine
+from serve_app.kokoro_v0_19 import KokoroV019Wrapper
 from serve_app.kokoro_v1 import KokoroV1Wrapper, english_g2p_available
 from serve_app.model_loading import load_model
-from serve_app.synthesis import AudioChunk
-from serve_app.v0_19_text import MAX_TOKENS, text_to_chunks, tokenize
+from serve_app.protocol import AudioChunk
+from serve_app.speech_validation import synthesis_options
+from serve_app.v0_19_text import MAX_TOKENS, text_to_pieces, tokenize
 from serve_app.versions import V0_19, V1_0
 from serve_app.voices import VoiceLibrary
+
 from tiny_release import tiny_config
 
 SAMPLES_PER_FRAME = 600
@@ -45,6 +48,15 @@ def run_all(chunks) -> list:
     return asyncio.run(collect(chunks))
 
 
+def options(engine, voice: str, **fields):
+    """What the ingress sends for a request to this engine's version (validated the same way)."""
+    return synthesis_options(engine.voices.version, engine.voices.names(), voice, **fields)
+
+
+def speak(engine, text: str, voice: str, **fields) -> list:
+    return run_all(engine.forward(text, options(engine, voice, **fields)))
+
+
 @pytest.fixture(scope="module")
 def v1_model(release):
     return load_model(V1_0, tiny_config(V1_0), release.root)
@@ -57,8 +69,8 @@ def v1_voices(release):
 
 @pytest.fixture
 def wrapper(v1_model, v1_voices):
-    """A fresh wrapper (empty pipeline cache) on the module's model."""
-    return KokoroV1Wrapper(v1_model, v1_voices)
+    """A fresh wrapper (empty pipeline cache) on the module's model, one item per model call."""
+    return KokoroV1Wrapper(v1_model, v1_voices, BatchPolicy(max_batch_size=1))
 
 
 # --- pipeline cache -------------------------------------------------------------
@@ -77,15 +89,15 @@ def test_one_model_shared_by_cached_pipelines(wrapper):
 def test_requests_reuse_the_language_pipeline(wrapper):
     spanish = wrapper.pipeline("e")
     # lang_code aliases and the voice's first letter resolve to the same cached pipeline.
-    run_all(wrapper.forward("Hola.", "ef_dora"))
-    run_all(wrapper.forward("Hola.", "af_heart", lang_code="es"))
+    speak(wrapper, "Hola.", "ef_dora")
+    speak(wrapper, "Hola.", "af_heart", lang_code="es")
     assert wrapper.pipeline("e") is spanish
     assert set(wrapper._pipelines) == {"e"}
 
 
 def test_bad_lang_code_lists_the_valid_codes(wrapper):
     with pytest.raises(InvalidRequest) as error:
-        run_all(wrapper.forward("Hello.", "af_heart", lang_code="xx"))
+        speak(wrapper, "Hello.", "af_heart", lang_code="xx")
     assert error.value.param == "lang_code" and error.value.code == "invalid_lang_code"
     assert "'xx'" in error.value.message
     for code, name in LANG_CODES.items():
@@ -97,7 +109,7 @@ def test_uninstalled_language_is_refused_and_not_cached(wrapper):
     # 'j' needs misaki[ja] (pyopenjtalk), which this project does not install.
     for _ in range(2):
         with pytest.raises(InvalidRequest) as error:
-            run_all(wrapper.forward("こんにちは", "af_heart", lang_code="j"))
+            speak(wrapper, "こんにちは", "af_heart", lang_code="j")
         assert error.value.code == "language_unavailable" and error.value.param == "lang_code"
         assert "'j' (Japanese) is not installed" in error.value.message
         assert "j" not in wrapper._pipelines
@@ -171,13 +183,13 @@ def reference_audio(pipeline: KPipeline, text: str, pack, speed: float = 1.0) ->
     ("ef_dora", "Hola, amigo.\nBuenos días.", None),              # KPipeline's own Spanish
 ])
 def test_forward_equals_kpipeline_with_the_same_seed(wrapper, voice, text, g2p_language):
-    chunks = run_all(wrapper.forward(text, voice, seed=SEED))
+    chunks = speak(wrapper, text, voice, seed=SEED)
 
     # English on this server is KPipeline's espeak branch with an English espeak G2P.
     reference = KPipeline(lang_code="e", repo_id=V1_0.hub_repo, model=wrapper.model)
     if g2p_language is not None:
         reference.g2p = EspeakG2P(language=g2p_language)
-    expected = reference_audio(reference, text, wrapper.voices.pack(voice))
+    expected = reference_audio(reference, text, wrapper.voices.pack(options(wrapper, voice).voice))
 
     assert len(expected) == 2  # one chunk per line
     assert all(isinstance(c, AudioChunk) and c.audio.dtype == np.float32 for c in chunks)
@@ -186,13 +198,24 @@ def test_forward_equals_kpipeline_with_the_same_seed(wrapper, voice, text, g2p_l
                                rtol=0, atol=1e-6)
 
 
+def test_batched_forward_equals_one_item_at_a_time(wrapper, v1_model, v1_voices):
+    text = "Hello there.\nGood morning, world.\nA third line, a little longer than the others."
+    batched = KokoroV1Wrapper(v1_model, v1_voices, BatchPolicy(max_batch_size=8))
+    together, alone = speak(batched, text, "af_heart", seed=SEED), speak(wrapper, text, "af_heart", seed=SEED)
+    assert dict(batched.model_thread.batch_sizes) == {3: 1} and dict(wrapper.model_thread.batch_sizes) == {1: 3}
+    assert [len(c.audio) for c in together] == [len(c.audio) for c in alone]
+    np.testing.assert_allclose(np.concatenate([c.audio for c in together]), np.concatenate([c.audio for c in alone]),
+                               rtol=0, atol=1e-4)
+    assert [w.text for c in together for w in c.words] == [w.text for c in alone for w in c.words]
+
+
 def test_long_text_is_split_by_phonemes_and_fully_spoken(wrapper):
     text = " ".join([LONG] * 2)
     phonemes = EspeakG2P(language="en-us")(text)[0]
     tokens = sum(c in wrapper.model.vocab for c in phonemes)
     assert tokens > 510
 
-    chunks = run_all(wrapper.forward(text, "af_heart", speed=4.0))
+    chunks = speak(wrapper, text, "af_heart", speed=4.0)
     # The tiny model's max_dur is 4 frames, so at speed 4 every token (pads included) lasts
     # exactly one frame: the audio length counts the tokens each chunk spoke.
     spoken = [len(c.audio) // SAMPLES_PER_FRAME - 2 for c in chunks]
@@ -201,27 +224,17 @@ def test_long_text_is_split_by_phonemes_and_fully_spoken(wrapper):
 
 
 def test_forward_stops_between_chunks_when_closed(wrapper):
-    calls = []
-    forward = wrapper.model.forward
-
-    def counting_forward(*args, **kwargs):
-        calls.append(time.monotonic())
-        return forward(*args, **kwargs)
-
     async def first_chunk_then_close():
-        chunks = wrapper.forward("Hi.\n" + LONG, "af_heart", speed=4.0)  # a short chunk, then two long ones
+        chunks = wrapper.forward("Hi.\n" + LONG, options(wrapper, "af_heart", speed=4.0))  # a short chunk, two long
         first = await anext(chunks)
         await chunks.aclose()
         await asyncio.sleep(0.2)
         return first
 
-    wrapper.model.forward = counting_forward  # observes every model call, then makes it
-    try:
-        first = asyncio.run(first_chunk_then_close())  # returns once its worker threads are done
-    finally:
-        del wrapper.model.forward
+    first = asyncio.run(first_chunk_then_close())  # returns once its worker threads are done
     assert len(first.audio) > 0
-    assert len(calls) == 1
+    # The model thread counts every batch it runs: one item ran, the later segments never did.
+    assert dict(wrapper.model_thread.batch_sizes) == {1: 1}
 
 
 # --- v0.19 -----------------------------------------------------------------------
@@ -233,31 +246,31 @@ def test_forward_stops_between_chunks_when_closed(wrapper):
     ("EN-GB", "af", True),
 ])
 def test_v0_19_lang_code_rules(lang_code, voice, british):
-    assert KokoroV019Engine.is_british(lang_code, voice) is british
+    assert V0_19.lang_code(lang_code, voice) == ("b" if british else "a")
 
 
 @pytest.fixture(scope="module")
 def v0_19_engine():
     model = make_dummy_model(V0_19, tiny_config(V0_19))
     set_realistic_durations(model, 1.0)  # one frame a token: long texts stay cheap
-    return KokoroV019Engine(model, VoiceLibrary(V0_19, None))
+    return KokoroV019Wrapper(model, VoiceLibrary(V0_19, None))
 
 
 @pytest.mark.parametrize("lang_code", ["e", "es", "j"])
 def test_v0_19_refuses_other_languages(v0_19_engine, lang_code):
     with pytest.raises(InvalidRequest) as error:
-        run_all(v0_19_engine.forward("Hola.", "af", lang_code=lang_code))
+        speak(v0_19_engine, "Hola.", "af", lang_code=lang_code)
     assert error.value.param == "lang_code" and error.value.code == "invalid_lang_code"
     assert "English only" in error.value.message and "en-gb" in error.value.message
 
 
 def test_v0_19_long_text_gives_chunks_within_the_context(v0_19_engine):
-    chunks = text_to_chunks(LONGER, british=False)
+    chunks = text_to_pieces(LONGER, british=False)
     tokens = [len(tokenize(c)) for c in chunks]
     assert len(chunks) >= 2 and sum(tokens) > MAX_TOKENS
     assert all(0 < n <= MAX_TOKENS for n in tokens)
 
-    audio = run_all(v0_19_engine.forward(LONGER, "af_bella", seed=SEED))
+    audio = speak(v0_19_engine, LONGER, "af_bella", seed=SEED)
     assert all(isinstance(c, AudioChunk) for c in audio)
     # One chunk per phoneme chunk, each spoken whole: one frame a token, pads included.
     assert [len(c.audio) for c in audio] == [SAMPLES_PER_FRAME * (n + 2) for n in tokens]

@@ -5,16 +5,20 @@ module and the bad files are checked against an already built model through `loa
 (what `load_model` runs after building); a failed load must leave that model untouched.
 """
 
+from kokoro import KModel
 import pytest
 import torch
-from kokoro import KModel
 
+from serve_app.batched_synthesis import synthesize_batch
 from serve_app.dummy_weights import dummy_voice_pack, make_dummy_model, set_realistic_durations
 from serve_app.errors import InvalidRequest, ModelFileError
-from serve_app.kokoro_v0_19 import KokoroV019Engine
+from serve_app.kokoro_engine import Segment
+from serve_app.kokoro_v0_19 import KokoroV019Wrapper
 from serve_app.model_loading import MODULES, fold_weight_norm, kmodel_config, load_model, load_weights_strict
+from serve_app.protocol import SynthesisOptions, VoiceBlend
 from serve_app.versions import V0_19, V1_0
 from serve_app.voices import VoiceLibrary
+
 from tiny_release import published_state, tiny_config
 
 SAMPLES_PER_FRAME = 600  # 25 ms at 24 kHz
@@ -102,7 +106,7 @@ def load_error(model, version, path) -> str:
 
 def test_folded_weight_norm_gives_the_same_audio(release):
     model = load_model(V1_0, tiny_config(V1_0), release.root)
-    pack = VoiceLibrary(V1_0, release.root).pack("af_heart")
+    pack = VoiceLibrary(V1_0, release.root).pack(VoiceBlend.single("af_heart"))
     style = pack[len(V1_PHONEMES) - 1]
     torch.manual_seed(3)
     before = model(V1_PHONEMES, style)
@@ -180,10 +184,10 @@ def test_v0_19_file_without_net_key(tmp_path, v0_19_model, v1_published):
 
 def test_v0_19_audio_equals_kokoro_with_the_v0_19_style_row(tmp_path, release, v0_19_model):
     voices = VoiceLibrary(V0_19, release.root)
-    pack = voices.pack("af")
-    engine = KokoroV019Engine(v0_19_model, voices)
-    torch.manual_seed(11)
-    audio = engine.synthesize(V0_19_PHONEMES, pack, 1.0)
+    pack = voices.pack(VoiceBlend.single("af"))
+    engine = KokoroV019Wrapper(v0_19_model, voices)
+    item = engine.item(Segment(V0_19_PHONEMES), pack, SynthesisOptions(VoiceBlend.single("af"), "a", 1.0, seed=11))
+    audio = synthesize_batch(engine.model, [item])[0].audio.numpy()
 
     # kokoro's own loader on a v1-layout copy: 'net' unwrapped; missing norm weights stay at init.
     v1_layout = tmp_path / "v0_19_as_v1_layout.pth"
@@ -267,7 +271,7 @@ def test_library_lists_the_voice_files_present(tmp_path):
     (voices / "README.txt").write_text("not a voice")
     library = VoiceLibrary(V1_0, tmp_path)
     assert library.names() == ["af_heart", "zz_custom"]
-    assert torch.equal(library.pack("zz_custom"), dummy_voice_pack("zz_custom", V1_0))
+    assert torch.equal(library.pack(VoiceBlend.single("zz_custom")), dummy_voice_pack("zz_custom", V1_0))
 
 
 def test_release_libraries(release):
@@ -276,15 +280,15 @@ def test_release_libraries(release):
     v1 = VoiceLibrary(V1_0, release.root)
     assert v1.names() == sorted(V1_VOICES)
     saved = torch.load(V1_0.voices_dir(release.root) / "af_bella.pt", weights_only=True)
-    assert torch.equal(v1.pack("af_bella"), saved)
-    assert VoiceLibrary(V0_19, release.root).pack("af").shape == (511, 1, 256)
+    assert torch.equal(v1.pack(VoiceBlend.single("af_bella")), saved)
+    assert VoiceLibrary(V0_19, release.root).pack(VoiceBlend.single("af")).shape == (511, 1, 256)
     assert VoiceLibrary(V0_19, release.root).names() == sorted(V0_19_VOICES)
 
 
 def test_unknown_voice_lists_the_names(release):
     library = VoiceLibrary(V1_0, release.root)
     with pytest.raises(InvalidRequest) as error:
-        library.pack("af_nobody")
+        library.pack(VoiceBlend.single("af_nobody"))
     assert error.value.param == "voice" and error.value.code == "voice_not_found"
     assert "af_nobody" in error.value.message
     for name in library.names():
@@ -297,7 +301,7 @@ def test_voice_file_with_the_wrong_shape(tmp_path):
     torch.save(dummy_voice_pack("af", V1_0), voices / "af.pt")  # a v1.0 pack: 510 rows, not 511
     library = VoiceLibrary(V0_19, tmp_path)
     with pytest.raises(ModelFileError) as error:
-        library.pack("af")
+        library.pack(VoiceBlend.single("af"))
     message = str(error.value)
     assert str(voices / "af.pt") in message
     assert "(510, 1, 256)" in message and "(511, 1, 256)" in message
@@ -322,6 +326,6 @@ def test_dummy_library_lists_the_release_voices(version, expected):
     assert expected <= set(library.names())
     assert library.names() == sorted(version.voices)
     name = sorted(expected)[0]
-    assert torch.equal(library.pack(name), dummy_voice_pack(name, version))
+    assert torch.equal(library.pack(VoiceBlend.single(name)), dummy_voice_pack(name, version))
     with pytest.raises(InvalidRequest):
-        library.pack("xx_nobody")
+        library.pack(VoiceBlend.single("xx_nobody"))

@@ -27,14 +27,16 @@ import httpx
 import pytest
 import yaml
 
-from conftest import free_port
 from serve_app.config_check import validate_serve_config
+from serve_app.versions import VERSIONS
+
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 APP = "kokoro"
 INGRESS = "SpeechIngress"
-MODELS = {"v1.0": ("KokoroV1Model", "af_heart"), "v0.19": ("KokoroV019Model", "af")}
+MODELS = {name: (version.deployment, version.default_voice) for name, version in VERSIONS.items()}
 WORKER_GPUS = 2
 START_TIMEOUT_S = 90
 DEPLOY_TIMEOUT_S = 150

@@ -3,10 +3,10 @@ import base64
 import io
 import json
 
+from openai import OpenAI
 import av
 import httpx
 import pytest
-from openai import OpenAI
 
 from serve_app.audio_encoding import FORMATS
 

@@ -26,7 +26,8 @@ class TestBothVersions:
             speech(both_versions, model=version, voice="am_adam").content
 
     def test_default_model_is_v1(self, both_versions):
-        assert speech(both_versions, voice="am_adam").content == speech(both_versions, model="v1.0", voice="am_adam").content
+        default = speech(both_versions, voice="am_adam")
+        assert default.content == speech(both_versions, model="v1.0", voice="am_adam").content
 
     def test_default_voice_per_version(self, both_versions):
         assert speech(both_versions, model="v0.19").content == speech(both_versions, model="v0.19", voice="af").content

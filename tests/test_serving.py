@@ -1,13 +1,13 @@
 """The service over real HTTP: real Ray Serve, the tiny releases loaded by the strict loader."""
 import io
 
+from kokoro import KModel, KPipeline
 import av
 import httpx
 import numpy as np
 import pytest
 import soundfile
 import torch
-from kokoro import KModel, KPipeline
 
 from serve_app.audio_encoding import to_int16
 from serve_app.versions import V1_0

@@ -3,27 +3,27 @@ import asyncio
 import threading
 import time
 
-import httpx
-import numpy as np
-import pytest
-import torch
 from kokoro import KModel, KPipeline
 from ray import serve
+import httpx
+import numpy as np
+import torch
+
+from serve_app.audio_encoding import to_int16
+from serve_app.text_pieces import split_text
+from serve_app.versions import V1_0
 
 from conftest import deploy, project_app_config
-from serve_app.audio_encoding import to_int16
-from serve_app.text_chunks import split_text
-from serve_app.versions import V1_0
 
 SENTENCE = "Esta es una frase de prueba, con algunas palabras más para que dure un poco."
 LONG_TEXT = " ".join([SENTENCE] * 12)  # ~900 characters: a small first piece, then larger ones
 
 
-def v1_app(release, chunks_in_flight: int = 2, app_args: dict | None = None, **model_deployment) -> dict:
+def v1_app(release, pieces_in_flight: int = 2, app_args: dict | None = None, **model_deployment) -> dict:
     app = project_app_config(model_root=str(release.root), weights="local", versions=["v1.0"],
-                             configs={"v1.0": release.configs["v1.0"]}, chunks_in_flight=chunks_in_flight,
+                             configs={"v1.0": release.configs["v1.0"]}, pieces_in_flight=pieces_in_flight,
                              **(app_args or {}))
-    model = next(d for d in app["deployments"] if d["name"] == "KokoroV1Model")
+    model = next(d for d in app["deployments"] if d["name"] == V1_0.deployment)
     model.update(model_deployment)
     if "num_replicas" in model_deployment:
         model.pop("autoscaling_config")
@@ -32,7 +32,7 @@ def v1_app(release, chunks_in_flight: int = 2, app_args: dict | None = None, **m
 
 def model_stats() -> dict:
     """Counters of the (single) KokoroV1Model replica."""
-    return serve.get_deployment_handle("KokoroV1Model", app_name="kokoro").stats.remote().result()
+    return serve.get_deployment_handle(V1_0.deployment, app_name="kokoro").stats.remote().result()
 
 
 def in_process_pieces_pcm(release, text: str, seed: int) -> np.ndarray:
@@ -59,7 +59,7 @@ def post(url: str, text: str = LONG_TEXT, **body) -> httpx.Response:
 
 
 def test_pieces_come_back_complete_and_in_order_from_two_replicas(serve_url, release):
-    deploy(v1_app(release, chunks_in_flight=3, num_replicas=2))
+    deploy(v1_app(release, pieces_in_flight=3, num_replicas=2))
     assert len(split_text(LONG_TEXT)) >= 3
     served = np.frombuffer(post(serve_url, seed=11).content, dtype="<i2")
     expected = in_process_pieces_pcm(release, LONG_TEXT, seed=11)
@@ -67,8 +67,33 @@ def test_pieces_come_back_complete_and_in_order_from_two_replicas(serve_url, rel
     assert np.abs(served.astype(np.int32) - expected).max() <= 1  # thread-count rounding, see test_serving
 
 
+def concurrent_pcm(url: str, texts: list[str]) -> list[np.ndarray]:
+    async def speak_all():
+        async with httpx.AsyncClient(timeout=300) as client:
+            responses = await asyncio.gather(*[client.post(f"{url}/v1/audio/speech", json={
+                "input": text, "voice": "ef_dora", "response_format": "pcm", "seed": 5}) for text in texts])
+        assert all(r.status_code == 200 for r in responses)
+        return [np.frombuffer(r.content, dtype="<i2").astype(np.int32) for r in responses]
+    return asyncio.run(speak_all())
+
+
+def test_batched_requests_sound_as_they_do_alone(serve_url, release):
+    texts = [f"Frase número {i}: {SENTENCE[: 30 + 9 * i]}" for i in range(6)]  # mixed lengths
+    runs = {}
+    for size in (8, 1):
+        deploy(v1_app(release, num_replicas=1, app_args={"batching": {"max_batch_size": size}}))
+        before = model_stats()["batches"]
+        runs[size] = concurrent_pcm(serve_url, texts)
+        after = model_stats()["batches"]
+        runs[size, "batches"] = {n: after[n] - before.get(n, 0) for n in after if after[n] > before.get(n, 0)}
+    assert max(runs[8, "batches"]) > 1 and set(runs[1, "batches"]) == {1}  # batches formed, then none did
+    for batched, alone in zip(runs[8], runs[1], strict=True):
+        assert len(batched) == len(alone) > 0
+        assert np.abs(batched - alone).max() <= 1  # float rounding of batched kernels, at most one int16 step
+
+
 def test_chunk_limits_from_the_config_decide_the_model_calls(serve_url, release):
-    deploy(v1_app(release, num_replicas=1, app_args={"first_chunk_chars": 40, "chunk_chars": 60}))
+    deploy(v1_app(release, num_replicas=1, app_args={"first_piece_chars": 40, "piece_chars": 60}))
     pieces = split_text(LONG_TEXT, 40, 60)
     assert len(pieces) > len(split_text(LONG_TEXT))
     before = model_stats()["chunks"]
@@ -79,7 +104,7 @@ def test_chunk_limits_from_the_config_decide_the_model_calls(serve_url, release)
 def test_new_request_first_piece_runs_before_queued_later_pieces(serve_url, release):
     """Later pieces of a long request wait on the one replica; a newcomer's first piece goes
     ahead of them (first come, first served would run five of them before it)."""
-    deploy(v1_app(release, chunks_in_flight=6, num_replicas=1))
+    deploy(v1_app(release, pieces_in_flight=6, num_replicas=1))
     long_text = " ".join([SENTENCE] * 100)
     streaming, stop = threading.Event(), threading.Event()
 
@@ -110,7 +135,7 @@ def test_new_request_first_piece_runs_before_queued_later_pieces(serve_url, rele
 
 
 def test_disconnecting_client_stops_downstream_work(serve_url, release):
-    deploy(v1_app(release, chunks_in_flight=2, num_replicas=1))
+    deploy(v1_app(release, pieces_in_flight=2, num_replicas=1))
     text = " ".join([SENTENCE] * 60)
     pieces = len(split_text(text))
     before = model_stats()
@@ -129,7 +154,7 @@ def test_disconnecting_client_stops_downstream_work(serve_url, release):
 
 
 def test_saturated_service_answers_503_before_any_byte(serve_url, release):
-    deploy(v1_app(release, chunks_in_flight=1, num_replicas=1, max_ongoing_requests=1, max_queued_requests=1))
+    deploy(v1_app(release, pieces_in_flight=1, num_replicas=1, max_ongoing_requests=1, max_queued_requests=1))
     expected_length = len(post(serve_url, text=SENTENCE, seed=1).content)
 
     async def one_client(client: httpx.AsyncClient) -> httpx.Response:

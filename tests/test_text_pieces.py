@@ -2,44 +2,44 @@ import random
 
 import pytest
 
-from serve_app.text_chunks import (
-    CHUNK_CHARS,
-    FIRST_CHUNK_CHARS,
+from serve_app.text_pieces import (
+    FIRST_PIECE_CHARS,
+    PIECE_CHARS,
     normalize_whitespace,
     split_text,
 )
 
 
-def check(text, first=FIRST_CHUNK_CHARS, rest=CHUNK_CHARS):
+def check(text, first=FIRST_PIECE_CHARS, rest=PIECE_CHARS):
     """Split text and assert the invariants every result must meet."""
-    chunks = split_text(text, first, rest)
-    # In order, nothing lost: the chunks tile the whitespace-normalised text,
+    pieces = split_text(text, first, rest)
+    # In order, nothing lost: the pieces tile the whitespace-normalised text,
     # separated by one space, or by nothing where a too-long word was cut hard.
     flat = " ".join(text.split())
     pos = 0
-    for n, chunk in enumerate(chunks):
+    for n, piece in enumerate(pieces):
         limit = first if n == 0 else rest
-        assert chunk and chunk == chunk.strip()
-        assert len(chunk) <= limit
-        assert flat.startswith(chunk, pos), (chunk, flat[pos:])
-        pos += len(chunk)
+        assert piece and piece == piece.strip()
+        assert len(piece) <= limit
+        assert flat.startswith(piece, pos), (piece, flat[pos:])
+        pos += len(piece)
         if flat[pos : pos + 1] == " ":
             pos += 1
         elif pos < len(flat):
-            assert len(chunk) == limit and " " not in chunk, chunk
+            assert len(piece) == limit and " " not in piece, piece
     assert pos == len(flat)
-    # No chunk spans a line break: each line is covered by whole chunks.
-    remaining = iter(chunks)
+    # No piece spans a line break: each line is covered by whole pieces.
+    remaining = iter(pieces)
     for line in text.splitlines():
         target, covered = "".join(line.split()), ""
         while len(covered) < len(target):
             covered += next(remaining).replace(" ", "")
         assert covered == target
-    return chunks
+    return pieces
 
 
 @pytest.mark.parametrize("text", ["", " ", "\n\n\t \r\n", "\u00a0\u2028 "])
-def test_blank_text_gives_no_chunks(text):
+def test_blank_text_gives_no_pieces(text):
     assert normalize_whitespace(text) == ""
     assert check(text) == []
 
@@ -49,7 +49,7 @@ def test_normalize_whitespace():
     assert normalize_whitespace(text) == "One two three.\nFour five."
 
 
-def test_short_text_is_one_chunk():
+def test_short_text_is_one_piece():
     assert check("  Hello,\tworld!  How are you? ") == ["Hello, world! How are you?"]
 
 
@@ -64,7 +64,7 @@ def test_short_text_is_one_chunk():
         ("Alpha beta — gamma delta epsilon zeta", ["Alpha beta —", "gamma delta epsilon zeta"]),
         # No punctuation at all: the last space that fits.
         ("one two three four five six seven eight", ["one two three four five six", "seven eight"]),
-        # A space right after the limit still lets the chunk fill it exactly.
+        # A space right after the limit still lets the piece fill it exactly.
         ("ab cdefghijklmnopqrstuvwxyz012 four", ["ab cdefghijklmnopqrstuvwxyz012", "four"]),
         # The last of equally good boundaries is taken (greedy packing).
         ("Ab. Cd. Ef gh. Ijk lmn opq rst uvw", ["Ab. Cd. Ef gh.", "Ijk lmn opq rst uvw"]),
@@ -93,16 +93,16 @@ def test_period_before_lowercase_is_not_a_sentence_end():
     assert check("Use tools, e.g. the hammer", 20, 20) == ["Use tools,", "e.g. the hammer"]
 
 
-def test_first_and_later_chunk_limits():
+def test_first_and_later_piece_limits():
     sentences = [f"Sentence number {i} says something short." for i in range(60)]
-    chunks = check(" ".join(sentences))
-    assert len(chunks[0]) <= FIRST_CHUNK_CHARS < max(len(c) for c in chunks[1:])
+    pieces = check(" ".join(sentences))
+    assert len(pieces[0]) <= FIRST_PIECE_CHARS < max(len(c) for c in pieces[1:])
     longest = max(len(s) for s in sentences)
-    for n, chunk in enumerate(chunks[:-1]):
-        limit = FIRST_CHUNK_CHARS if n == 0 else CHUNK_CHARS
-        assert chunk.endswith(".")
+    for n, piece in enumerate(pieces[:-1]):
+        limit = FIRST_PIECE_CHARS if n == 0 else PIECE_CHARS
+        assert piece.endswith(".")
         # Greedy: the next sentence would not have fitted.
-        assert len(chunk) + 1 + longest > limit
+        assert len(piece) + 1 + longest > limit
 
 
 def test_paragraph_breaks_are_always_boundaries():
@@ -112,13 +112,13 @@ def test_paragraph_breaks_are_always_boundaries():
 
 def test_long_word_is_cut_hard_at_each_limit():
     word = "x" * 2000
-    chunks = check(word)
-    assert len(chunks[0]) == FIRST_CHUNK_CHARS
-    assert all(len(c) == CHUNK_CHARS for c in chunks[1:-1]) and 0 < len(chunks[-1]) <= CHUNK_CHARS
-    assert "".join(chunks) == word
+    pieces = check(word)
+    assert len(pieces[0]) == FIRST_PIECE_CHARS
+    assert all(len(c) == PIECE_CHARS for c in pieces[1:-1]) and 0 < len(pieces[-1]) <= PIECE_CHARS
+    assert "".join(pieces) == word
 
 
-def test_long_word_gets_its_own_chunks():
+def test_long_word_gets_its_own_pieces():
     url = "https://example.com/" + "a" * 150
     assert check(f"See {url} now", 50, 50) == ["See", url[:50], url[50:100], url[100:150], url[150:] + " now"]
 

@@ -1,32 +1,32 @@
-"""Split request text into chunks for synthesis, one model call per chunk.
+"""Split request text into pieces for synthesis, one model call per piece.
 
-The ingress sends chunks to replicas concurrently and streams the audio back in
-order, so a short first chunk gets the first audio out fast while the chunks
+The ingress sends pieces to replicas concurrently and streams the audio back in
+order, so a short first piece gets the first audio out fast while the pieces
 after it are synthesised.
 
 Cuts are made only at spaces (or, for a word longer than the limit, hard at the
-limit), so joining the chunks with single spaces gives back the text with its
+limit), so joining the pieces with single spaces gives back the text with its
 whitespace normalised. Boundaries are preferred in the order Kokoro's own
 KPipeline.waterfall_last uses: sentence end, then clause mark, then comma/dash.
-Packing is greedy: each chunk takes everything up to the last best boundary
-that fits. So a chunk is only short when the text forces it (a short paragraph,
-or a short sentence followed by one that does not fit); such a chunk is still a
+Packing is greedy: each piece takes everything up to the last best boundary
+that fits. So a piece is only short when the text forces it (a short paragraph,
+or a short sentence followed by one that does not fit); such a piece is still a
 whole sentence, which is the natural unit for prosody anyway.
 """
 
 # English speech runs at about 15 characters a second, so a 100-character
-# first chunk is at most about 7 s of audio: usually one opening clause or
+# first piece is at most about 7 s of audio: usually one opening clause or
 # sentence, made in a few seconds even on one CPU core.
-FIRST_CHUNK_CHARS = 100
-# Later chunks stay short too (about 10 s of audio), under the model's
+FIRST_PIECE_CHARS = 100
+# Later pieces stay short too (about 10 s of audio), under the model's
 # 510-phoneme limit with room for numbers and symbols that expand. On a CPU,
-# short chunks are made faster per second of audio than long ones (the
+# short pieces are made faster per second of audio than long ones (the
 # vocoder's working set stays small: 1.34 against 1.00 audio s/s for 400
-# characters, `make bench-chunks`), keep a replica's memory low, and bound how
-# long another request's urgent chunk waits for the one in progress. On a GPU a
-# call's fixed cost weighs more, so larger chunks may pay there (`chunk_chars`;
+# characters, `make bench-pieces`), keep a replica's memory low, and bound how
+# long another request's urgent piece waits for the one in progress. On a GPU a
+# call's fixed cost weighs more, so larger pieces may pay there (`piece_chars`;
 # not measured).
-CHUNK_CHARS = 150
+PIECE_CHARS = 150
 
 # Kokoro's waterfall, strongest boundary first: sentence, clause, comma/dash.
 _WATERFALL = (set("!.?…"), set(":;"), set(",—"))
@@ -57,7 +57,7 @@ def _rank(text: str, space: int) -> int:
 
 def _cut(text: str, limit: int) -> int:
     """Where to cut text, which is longer than limit, so that text[:cut] fits."""
-    # A space at index limit still leaves a chunk of exactly limit characters.
+    # A space at index limit still leaves a piece of exactly limit characters.
     spaces = [i for i, c in enumerate(text[: limit + 1]) if c == " "]
     if not spaces:
         return limit  # one word longer than the limit: cut it hard
@@ -66,22 +66,22 @@ def _cut(text: str, limit: int) -> int:
 
 def split_text(
     text: str,
-    first_chunk_chars: int = FIRST_CHUNK_CHARS,
-    chunk_chars: int = CHUNK_CHARS,
+    first_piece_chars: int = FIRST_PIECE_CHARS,
+    piece_chars: int = PIECE_CHARS,
 ) -> list[str]:
-    """Split text into non-empty, stripped chunks, in order, none spanning a newline.
+    """Split text into non-empty, stripped pieces, in order, none spanning a newline.
 
-    The first chunk has at most first_chunk_chars characters, later ones at
-    most chunk_chars. " ".join(chunks) == " ".join(text.split()), except that
+    The first piece has at most first_piece_chars characters, later ones at
+    most piece_chars. " ".join(pieces) == " ".join(text.split()), except that
     a word longer than the limit is cut into pieces with no space between them.
     """
-    if first_chunk_chars < 1 or chunk_chars < 1:
-        raise ValueError("chunk limits must be at least 1 character")
-    chunks: list[str] = []
+    if first_piece_chars < 1 or piece_chars < 1:
+        raise ValueError("piece limits must be at least 1 character")
+    pieces: list[str] = []
     for para in normalize_whitespace(text).split("\n"):
         while para:
-            limit = chunk_chars if chunks else first_chunk_chars
+            limit = piece_chars if pieces else first_piece_chars
             cut = len(para) if len(para) <= limit else _cut(para, limit)
-            chunks.append(para[:cut])
+            pieces.append(para[:cut])
             para = para[cut:].lstrip()
-    return chunks
+    return pieces

@@ -1,11 +1,11 @@
-"""How the chunk size changes the model's speed and memory, in-process, with no server.
+"""How the piece size changes the model's speed and memory, in-process, with no server.
 
-    python -m bench.chunk_sizes                           # 100, 150, 200 and 400 characters
-    python -m bench.chunk_sizes --sizes 150,400 --rounds 5
+    python -m bench.piece_sizes                           # 100, 150, 200 and 400 characters
+    python -m bench.piece_sizes --sizes 150,400 --rounds 5
 
-The benchmark text is cut into chunks of at most N characters, as the ingress cuts requests, and
-synthesised chunk after chunk the way a replica runs them: full-size dummy v1.0 with weight norm
-folded, freed memory handed back after each chunk. The sizes take turns for --rounds rounds, so
+The benchmark text is cut into pieces of at most N characters, as the ingress cuts requests, and
+synthesised piece after piece the way a replica runs them: full-size dummy v1.0 with weight norm
+folded, freed memory handed back after each piece. The sizes take turns for --rounds rounds, so
 a shared machine's drift hits them alike; medians are reported and appended to --out.
 """
 from datetime import datetime, timezone
@@ -53,35 +53,35 @@ class PeakRss:
         return self.peak - self.start
 
 
-def synthesize_in_chunks(pipeline, pack, chunks: list[str]) -> float:
-    """Seconds of audio made, chunk after chunk, handing freed memory back after each."""
-    from serve_app.synthesis import release_freed_memory
+def synthesize_in_pieces(pipeline, pack, pieces: list[str]) -> float:
+    """Seconds of audio made, piece after piece, handing freed memory back after each."""
+    from serve_app.model_thread import release_freed_memory
 
     samples = 0
-    for chunk in chunks:
-        samples += sum(len(result.audio) for result in pipeline(chunk, voice=pack) if result.audio is not None)
+    for piece in pieces:
+        samples += sum(len(result.audio) for result in pipeline(piece, voice=pack) if result.audio is not None)
         release_freed_memory()
     return samples / SAMPLE_RATE
 
 
 def measure(sizes: list[int], rounds: int, text: str, threads: int = 1, config: dict | None = None,
             voice: str = "af_heart") -> dict[int, list[dict]]:
-    """Per size, one record per round: chunks, audio seconds, wall seconds, peak memory rise."""
-    from serve_app.text_chunks import split_text
-
+    """Per size, one record per round: pieces, audio seconds, wall seconds, peak memory rise."""
     import ray  # noqa: F401  (puts its bundled psutil, which PeakRss uses, on sys.path)
 
+    from serve_app.text_pieces import split_text
+
     pipeline, pack = dummy_pipeline(voice, threads, config, fold_weight_norm=True)
-    synthesize_in_chunks(pipeline, pack, ["Warming up."])
+    synthesize_in_pieces(pipeline, pack, ["Warming up."])
     results: dict[int, list[dict]] = {size: [] for size in sizes}
     for _ in range(rounds):
         for size in sizes:
-            chunks = split_text(text, size, size)
+            pieces = split_text(text, size, size)
             with PeakRss() as rss:
                 start = time.perf_counter()
-                audio_s = synthesize_in_chunks(pipeline, pack, chunks)
+                audio_s = synthesize_in_pieces(pipeline, pack, pieces)
                 wall = time.perf_counter() - start
-            results[size].append({"chunks": len(chunks), "audio_s": audio_s, "wall": wall,
+            results[size].append({"pieces": len(pieces), "audio_s": audio_s, "wall": wall,
                                   "rss_rise": rss.above_start})
     return results
 
@@ -95,7 +95,7 @@ def render(date: str, command: str, machine: dict[str, str], threads: int, text_
     for size, records in results.items():
         audio_per_s = statistics.median(r["audio_s"] / r["wall"] for r in records)
         rise = statistics.median(r["rss_rise"] for r in records)
-        rows.append([str(size), str(records[0]["chunks"]), f"{records[0]['audio_s']:.1f}",
+        rows.append([str(size), str(records[0]["pieces"]), f"{records[0]['audio_s']:.1f}",
                      f"{statistics.median(r['wall'] for r in records):.2f}", f"{audio_per_s:.3f}",
                      f"{rise / 1e6:.0f}", str(len(records))])
     lines += report.table(["Chunk chars", "Chunks", "Audio (s)", "Wall p50 (s)", "Audio s/s p50",
@@ -104,10 +104,10 @@ def render(date: str, command: str, machine: dict[str, str], threads: int, text_
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.chunk_sizes", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.piece_sizes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100,150,200,400", type=lambda s: [int(n) for n in s.split(",")],
-                        help="chunk limits in characters (default %(default)s)")
+                        help="piece limits in characters (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="turns each size takes (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, as a replica's num_cpus (default 1)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to append to")
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     text = " ".join([PARAGRAPH] * 2)
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results = measure(args.sizes, args.rounds, text, args.threads)
-    section = render(date, shown_command(sys.argv[1:] if argv is None else argv, "bench.chunk_sizes"),
+    section = render(date, shown_command(sys.argv[1:] if argv is None else argv, "bench.piece_sizes"),
                      report.machine(), args.threads, len(text), results)
     report.publish(args.out, section)
     return 0

@@ -1,0 +1,104 @@
+"""The application's typed arguments (`serve_config.yaml`'s `args`) and what each deployment gets.
+
+Torch-free: `serve_app.first_run` and the ingress import it.
+"""
+from pathlib import Path
+from typing import Literal
+import os
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .text_pieces import FIRST_PIECE_CHARS, PIECE_CHARS
+from .versions import DEFAULT_VERSION, VERSIONS
+
+# Batch sizes when the config sets none, from the benchmarks (docs/benchmarks.md).
+CPU_MAX_BATCH_SIZE = 1
+GPU_MAX_BATCH_SIZE = 32
+
+# Environment variables that take precedence over the config file's args.
+ENV_OVERRIDES = {"weights": "KOKORO_WEIGHTS", "model_root": "KOKORO_MODEL_ROOT", "api_key": "KOKORO_API_KEY"}
+
+
+class IngressConfig(BaseModel):
+    """What the HTTP ingress needs: request limits, text cutting, concurrency, access."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_input_chars: int = Field(10_000, gt=0, description="Longest `input` taken; longer is a 413.")
+    pieces_in_flight: int = Field(2, ge=1, description=(
+        "Model calls of one request running at once, so free replicas synthesise ahead."))
+    first_piece_chars: int = Field(FIRST_PIECE_CHARS, gt=0, description=(
+        "Most characters in a request's first piece of text: small, so first audio comes fast."))
+    piece_chars: int = Field(PIECE_CHARS, gt=0, description="Most characters in each later piece.")
+    api_key: str | None = Field(None, description=(
+        "When set, every /v1 request needs `Authorization: Bearer <key>`. Env KOKORO_API_KEY overrides."))
+
+
+class BatchPolicy(BaseModel):
+    """How a replica's model thread groups waiting items (phoneme sequences) into batches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int | None = Field(None, ge=1, description=(
+        "Most items in one batch; 1 switches batching off. Unset: the device's default "
+        "(CPU_MAX_BATCH_SIZE, GPU_MAX_BATCH_SIZE)."))
+    max_batch_tokens: int | None = Field(None, ge=1, description=(
+        "Most tokens (phonemes) in one batch, when set; a lone longer item still runs."))
+    wait_ms: float = Field(0.0, ge=0, le=1000, description=(
+        "How long a free model thread may wait for more items while other streams of its replica "
+        "are between items. Never taken with a lone stream."))
+    trim_interval_s: float = Field(1.0, ge=0, description=(
+        "CPU models: freed heap memory goes back to the system when the thread is idle, and at "
+        "most this often under load."))
+
+    def for_device(self, device: str) -> "BatchPolicy":
+        """This policy with the device's default batch size filled in."""
+        if self.max_batch_size is not None:
+            return self
+        default = GPU_MAX_BATCH_SIZE if device == "cuda" else CPU_MAX_BATCH_SIZE
+        return self.model_copy(update={"max_batch_size": default})
+
+
+class ModelSettings(BaseModel):
+    """What a model replica needs to load its version."""
+
+    version: str = Field(description="The model version served: a key of serve_app.versions.VERSIONS.")
+    weights: Literal["local", "dummy"] = Field(description="Files under model_root, or random weights (noise).")
+    model_root: str = Field(description="Absolute path of the local layout of weights and voices.")
+    config_path: str | None = Field(None, description="A config.json to use instead of the packaged one.")
+    batching: BatchPolicy = Field(default_factory=BatchPolicy, description="Batching across requests.")
+
+
+class AppArgs(IngressConfig):
+    """Every arg of the application: the ingress's, and where the models come from."""
+
+    model_root: str = Field("./kokoro-models", description=(
+        "Where downloaded weights live (`python -m serve_app.download`). Env KOKORO_MODEL_ROOT overrides."))
+    weights: Literal["local", "dummy"] = Field("local", description=(
+        "`local` reads the files under model_root; `dummy` builds random weights. Env KOKORO_WEIGHTS overrides."))
+    versions: list[str] = Field(default_factory=lambda: [DEFAULT_VERSION], min_length=1,
+                                description="The model versions to deploy, one deployment each.")
+    configs: dict[str, str] = Field(default_factory=dict, description=(
+        "Per-version config.json to use instead of the packaged one (other architectures, tests)."))
+    batching: BatchPolicy = Field(default_factory=BatchPolicy, description=(
+        "How every model replica batches pieces across requests."))
+
+    def ingress_config(self) -> IngressConfig:
+        return IngressConfig(**self.model_dump(include=set(IngressConfig.model_fields)))
+
+    def model_settings(self, version: str) -> ModelSettings:
+        return ModelSettings(version=version, weights=self.weights, model_root=self.model_root,
+                             config_path=self.configs.get(version), batching=self.batching)
+
+
+def resolve_args(args: dict) -> AppArgs:
+    """Args from the config, with the environment's overrides; a misspelled arg is an error."""
+    overrides = {key: os.environ[var] for key, var in ENV_OVERRIDES.items() if os.environ.get(var)}
+    resolved = AppArgs.model_validate({**args, **overrides})
+    unknown = [v for v in resolved.versions + list(resolved.configs) if v not in VERSIONS]
+    if unknown:
+        raise ValueError(f"unknown model versions {unknown}; this build serves {sorted(VERSIONS)}")
+    # Replicas run in other processes and directories: pin relative paths to where serve started.
+    resolved.model_root = str(Path(resolved.model_root).resolve())
+    resolved.configs = {v: str(Path(p).resolve()) for v, p in resolved.configs.items()}
+    return resolved

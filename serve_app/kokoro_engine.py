@@ -1,0 +1,70 @@
+"""What both versions' wrappers share: from a piece's phoneme segments to its audio chunks.
+
+A wrapper's front end turns a piece of text into segments (at most 510 phonemes each); each
+segment becomes one item for the replica's model thread, which batches items across
+requests (`serve_app.batched_synthesis`).
+"""
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, AsyncIterator
+
+from kokoro import KModel
+import torch
+
+from .batched_synthesis import SynthesisItem, SynthesisOutput, synthesize_batch
+from .config import BatchPolicy
+from .model_thread import ModelThread
+from .protocol import AudioChunk, SynthesisOptions, Word
+from .voices import VoiceLibrary
+
+# The model's context is 512 tokens, two of which are the pads around the text.
+MAX_TOKENS = 510
+
+
+@dataclass
+class Segment:
+    """Phonemes for one model call, with what its words are timed from."""
+
+    phonemes: str
+    text: str = ""                                   # the words it speaks ('' when they cannot be aligned)
+    tokens: list[Any] | None = field(default=None)   # misaki's English tokens, when its G2P made them
+
+
+class KokoroEngine:
+    """A model version in a replica: voice packs, the batching model thread, audio per piece."""
+
+    def __init__(self, model: KModel, voices: VoiceLibrary, batching: BatchPolicy | None = None):
+        self.model = model
+        self.voices = voices
+        policy = (batching or BatchPolicy()).for_device(model.device.type)
+        self.model_thread = ModelThread(partial(synthesize_batch, model), policy,
+                                        release_memory=model.device.type == "cpu")
+
+    async def segments(self, text: str, options: SynthesisOptions) -> list[Segment]:
+        """The front end: a piece of text as phoneme segments, in order."""
+        raise NotImplementedError
+
+    def style_row(self, phonemes: str, token_count: int) -> int:
+        """Which row of the voice pack styles a segment."""
+        raise NotImplementedError
+
+    def words(self, segment: Segment, pred_dur: torch.Tensor) -> list[Word]:
+        return []
+
+    def item(self, segment: Segment, pack: torch.Tensor, options: SynthesisOptions) -> SynthesisItem:
+        ids = [self.model.vocab[p] for p in segment.phonemes if p in self.model.vocab][:MAX_TOKENS]
+        return SynthesisItem(torch.tensor([0, *ids, 0]), pack[self.style_row(segment.phonemes, len(ids))],
+                             options.speed, options.seed)
+
+    async def forward(self, text: str, options: SynthesisOptions,
+                      due: float | None = None) -> AsyncIterator[AudioChunk]:
+        """Audio chunk by chunk, one per segment, as it is made; `due` (epoch seconds) is when
+        the client needs it (see ModelThread)."""
+        pack = self.voices.pack(options.voice)
+        segments = await self.segments(text, options)
+        with self.model_thread.stream() as stream:  # leaving it cancels what has not run
+            items = [self.item(segment, pack, options) for segment in segments]
+            outputs = [stream.submit(item, due, len(item.input_ids)) for item in items]
+            for segment, output in zip(segments, outputs, strict=True):
+                made: SynthesisOutput = await output
+                yield AudioChunk(made.audio.numpy(), self.words(segment, made.pred_dur))

@@ -1,0 +1,33 @@
+"""Audio chunks turned into response bodies: encoded audio, or NDJSON captions with word times."""
+from typing import AsyncIterator
+import asyncio
+import base64
+import json
+
+from .audio_encoding import make_encoder
+from .protocol import AudioChunk
+
+
+async def encoded_audio(chunks: AsyncIterator[AudioChunk], fmt: str) -> AsyncIterator[bytes]:
+    encoder = make_encoder(fmt)
+    async for chunk in chunks:
+        # Codecs take milliseconds per chunk: keep them off the event loop.
+        if data := await asyncio.to_thread(encoder.encode, chunk.audio):
+            yield data
+    yield encoder.finish()
+
+
+async def captioned_lines(chunks: AsyncIterator[AudioChunk], fmt: str) -> AsyncIterator[bytes]:
+    """NDJSON: per chunk, its encoded audio (base64) and its words, timed from the start of the speech."""
+    encoder, offset = make_encoder(fmt), 0.0
+    async for chunk in chunks:
+        words = [{"word": w.text, "start": round(offset + w.start, 3), "end": round(offset + w.end, 3)}
+                 for w in chunk.words]
+        offset += chunk.seconds
+        audio = await asyncio.to_thread(encoder.encode, chunk.audio)
+        yield _json_line(audio=base64.b64encode(audio).decode(), words=words)
+    yield _json_line(audio=base64.b64encode(encoder.finish()).decode(), words=[], done=True)
+
+
+def _json_line(**fields) -> bytes:
+    return (json.dumps(fields) + "\n").encode()

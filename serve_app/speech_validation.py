@@ -1,0 +1,62 @@
+"""Checking a speech request, once, in the ingress: replicas are sent only what is valid."""
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from .config import IngressConfig
+from .errors import InputTooLong, InvalidRequest, quote
+from .protocol import SynthesisOptions
+from .speech_api import MODEL_ALIASES, SpeechRequest
+from .text_pieces import split_text
+from .versions import VERSIONS, ModelVersion
+from .voice_spec import parse_voice
+
+
+@dataclass(frozen=True)
+class SpeechJob:
+    """A valid request: the version to ask, the pieces of text in order, how to speak them."""
+
+    version: ModelVersion
+    pieces: list[str]
+    options: SynthesisOptions
+
+
+def served_model_ids(served: Collection[str]) -> list[str]:
+    """The `model` names that select a deployed version."""
+    return sorted(name for name, version in MODEL_ALIASES.items() if version in served)
+
+
+def resolve_version(model: str, served: Collection[str]) -> ModelVersion:
+    version = MODEL_ALIASES.get(model)
+    if version not in served:
+        raise InvalidRequest(f"model {quote(model)} is not served here; available: "
+                             f"{', '.join(served_model_ids(served))}", param="model", code="model_not_found")
+    return VERSIONS[version]
+
+
+def resolve_lang_code(version: ModelVersion, requested: str | None, voice: str) -> str:
+    code = version.lang_code(requested, voice)
+    if code is None:
+        codes = ", ".join(f"{c} ({language.name})" for c, language in version.languages.items())
+        tags = ", ".join(language.tag for language in version.languages.values())
+        raise InvalidRequest(f"unknown lang_code {quote(requested or voice[:1])}; {version.name} speaks "
+                             f"{version.speaks}: {codes}; their tags ({tags}) work too",
+                             param="lang_code", code="invalid_lang_code")
+    return code
+
+
+def synthesis_options(version: ModelVersion, voices: Collection[str], voice: str | None = None,
+                      lang_code: str | None = None, speed: float = 1.0, seed: int | None = None) -> SynthesisOptions:
+    """The options of a request for `version`, whose replicas hold `voices`."""
+    blend = parse_voice(voice or version.default_voice, version, voices)
+    return SynthesisOptions(blend, resolve_lang_code(version, lang_code, blend.names[0]), speed, seed)
+
+
+def speech_job(body: SpeechRequest, version: ModelVersion, voices: Collection[str], config: IngressConfig) -> SpeechJob:
+    if len(body.input) > config.max_input_chars:
+        raise InputTooLong(f"input has {len(body.input)} characters; this server takes at most "
+                           f"{config.max_input_chars} per request", param="input", code="input_too_long")
+    options = synthesis_options(version, voices, body.voice, body.lang_code, body.speed, body.seed)
+    pieces = split_text(body.input, config.first_piece_chars, config.piece_chars)
+    if not pieces:
+        raise InvalidRequest("input has no text to speak", param="input", code="empty_input")
+    return SpeechJob(version, pieces, options)
