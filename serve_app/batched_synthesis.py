@@ -22,7 +22,7 @@ from kokoro.istftnet import AdaIN1d, AdainResBlk1d, AdaINResBlock1, Decoder, Gen
 import torch
 import torch.nn.functional as F
 
-STYLE_SPLIT = 128  # ref_s[:, :128] drives the vocoder, ref_s[:, 128:] the prosody
+_STYLE_SPLIT = 128  # ref_s[:, :128] drives the vocoder, ref_s[:, 128:] the prosody
 _RSQRT_2 = torch.rsqrt(torch.tensor(2))  # AdainResBlk1d's output scale, computed as kokoro does
 
 
@@ -56,13 +56,15 @@ def synthesize_batch(model: KModel, items: list[SynthesisItem]) -> list[Synthesi
         return []
     device = model.device
     generators = [_noise_generator(item.seed, device) for item in items]
-    texts = [_encode(model, item, device) for item in items]
+    # All copies to the device first, while no work is queued for them to wait on.
+    inputs = [(item.input_ids.to(device)[None], item.ref_s.to(device)) for item in items]
+    texts = [_encode(model, ids, ref_s, item.speed) for (ids, ref_s), item in zip(inputs, items)]
     # The one sync: the frame counts fix every later shape.
     pred_durs = torch.cat([text.pred_dur for text in texts]).cpu().split([len(text.pred_dur) for text in texts])
     frames = _Frames(torch.stack([pred_dur.sum() for pred_dur in pred_durs]), device)
     inputs = [_decoder_inputs(model, text, int(count)) for text, count in zip(texts, frames.counts)]
     asr, f0, n = (_pad_stack(parts) for parts in zip(*inputs))
-    voice = torch.cat([text.ref_s[:, :STYLE_SPLIT] for text in texts])
+    voice = torch.cat([text.ref_s[:, :_STYLE_SPLIT] for text in texts])
     audio = _decode(model.decoder, asr, f0, n, voice, frames, generators)
     return [SynthesisOutput(a.cpu(), pred_dur) for a, pred_dur in zip(audio, pred_durs)]
 
@@ -79,14 +81,13 @@ def _unpadded(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([ids.shape[1]]), torch.zeros_like(ids, dtype=torch.bool)
 
 
-def _encode(model: KModel, item: SynthesisItem, device) -> _Text:
-    """KModel's duration prediction for one item, with its shapes; the durations stay on the device."""
-    ids, ref_s = item.input_ids.to(device)[None], item.ref_s.to(device)
+def _encode(model: KModel, ids: torch.Tensor, ref_s: torch.Tensor, speed: float) -> _Text:
+    """KModel's duration prediction for one item's ids [1, T], with its shapes; the durations stay on the device."""
     bert = model.bert(ids, attention_mask=torch.ones_like(ids, dtype=torch.int))
     d_en = model.bert_encoder(bert).transpose(-1, -2)
-    d = model.predictor.text_encoder(d_en, ref_s[:, STYLE_SPLIT:], *_unpadded(ids))
+    d = model.predictor.text_encoder(d_en, ref_s[:, _STYLE_SPLIT:], *_unpadded(ids))
     x, _ = model.predictor.lstm(d)
-    duration = torch.sigmoid(model.predictor.duration_proj(x)).sum(-1) / item.speed
+    duration = torch.sigmoid(model.predictor.duration_proj(x)).sum(-1) / speed
     return _Text(ids, ref_s, d, pred_dur=torch.round(duration).clamp(min=1).long()[0])
 
 
@@ -96,7 +97,7 @@ def _decoder_inputs(model: KModel, text: _Text, n_frames: int) -> tuple[torch.Te
     token_of_frame = torch.repeat_interleave(
         torch.arange(len(text.pred_dur), device=text.ids.device), text.pred_dur, output_size=n_frames)
     en = text.d.transpose(-1, -2).index_select(2, token_of_frame)
-    f0, n = model.predictor.F0Ntrain(en, text.ref_s[:, STYLE_SPLIT:])
+    f0, n = model.predictor.F0Ntrain(en, text.ref_s[:, _STYLE_SPLIT:])
     t_en = model.text_encoder(text.ids, *_unpadded(text.ids))
     return t_en.index_select(2, token_of_frame)[0], f0[0], n[0]
 

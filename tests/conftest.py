@@ -111,7 +111,9 @@ OWN_RAY_MODULES = {"test_multinode.py", "test_serve_run_cli.py"}
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Mark every test `ray` or `fast`, so `pytest -m fast` runs the tier that needs no Ray."""
+    """Mark every test `ray`, `slow` or `fast`, so `pytest -m fast` runs the quick tier without Ray."""
     for item in items:
-        needs_ray = "serve_url" in getattr(item, "fixturenames", ()) or item.path.name in OWN_RAY_MODULES
-        item.add_marker(pytest.mark.ray if needs_ray else pytest.mark.fast)
+        if "serve_url" in getattr(item, "fixturenames", ()) or item.path.name in OWN_RAY_MODULES:
+            item.add_marker(pytest.mark.ray)
+        elif item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.fast)

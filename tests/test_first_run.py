@@ -80,7 +80,6 @@ def one_error(err: str, root: Path) -> None:
     assert "KOKORO_WEIGHTS=dummy make serve" in err
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("how", ["config", "env"])
 def test_dummy_weights_need_nothing(how, hub, probe, tmp_path, monkeypatch):
     root = tmp_path / "models"
@@ -92,7 +91,6 @@ def test_dummy_weights_need_nothing(how, hub, probe, tmp_path, monkeypatch):
     assert not root.exists()
 
 
-@pytest.mark.fast
 def test_files_in_place_exit_at_once_without_loading_them(tmp_path):
     """Only looked for: these 'weights' are not even a checkpoint, and torch is never imported."""
     root = tmp_path / "models"
@@ -114,7 +112,6 @@ def test_files_in_place_exit_at_once_without_loading_them(tmp_path):
     assert "torch imported: False" in result.stdout
 
 
-@pytest.mark.fast
 def test_missing_files_are_downloaded_into_the_layout_and_verified(hub, probe, published, tmp_path, capsys):
     root = tmp_path / "models"
     assert first_run.main([str(tiny_config(tmp_path, published, root))]) == 0
@@ -135,7 +132,6 @@ def test_missing_files_are_downloaded_into_the_layout_and_verified(hub, probe, p
     assert hub.calls == [] and len(probe.calls) == 1
 
 
-@pytest.mark.fast
 def test_only_what_is_missing_is_fetched(hub, probe, published, tmp_path):
     root = tmp_path / "models"
     V1_0.weights_path(root).parent.mkdir(parents=True)
@@ -144,7 +140,6 @@ def test_only_what_is_missing_is_fetched(hub, probe, published, tmp_path):
     assert hub.calls == [(V1_REPO, "main", v1_voice(n)) for n in V1_0.voices]
 
 
-@pytest.mark.fast
 def test_unreachable_hub_stops_at_once_naming_both_ways_forward(hub, probe, published, tmp_path, capsys):
     probe.error = httpx2.ConnectError("[Errno -3] Temporary failure in name resolution")
     root = tmp_path / "models"
@@ -160,7 +155,6 @@ def test_unreachable_hub_stops_at_once_naming_both_ways_forward(hub, probe, publ
     assert files_under(root) == set()
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("error", [HUB_UNREACHABLE, OSError("Connection reset by peer")])
 def test_hub_lost_before_the_files_stops_with_one_message(error, hub, probe, published, tmp_path, capsys):
     hub.fail = lambda repo, filename: error
@@ -175,7 +169,6 @@ def test_hub_lost_before_the_files_stops_with_one_message(error, hub, probe, pub
     assert files_under(root) == set()
 
 
-@pytest.mark.fast
 def test_a_bad_downloaded_file_fails_verification(hub, probe, published, tmp_path, capsys):
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(published.files[V1_REPO, V1_WEIGHTS].read_bytes()[: 1 << 16])
@@ -187,7 +180,6 @@ def test_a_bad_downloaded_file_fails_verification(hub, probe, published, tmp_pat
     assert "v1.0 files in" in err and "fail verification" in err and "truncated or corrupt" in err
 
 
-@pytest.mark.fast
 def test_real_client_against_a_hub_that_never_answers(tmp_path):
     """The real huggingface_hub: connects, then waits for an answer that never comes."""
     silent = socket.socket()
@@ -210,7 +202,6 @@ def test_real_client_against_a_hub_that_never_answers(tmp_path):
     assert files_under(root) == set()
 
 
-@pytest.mark.ray
 def test_model_without_weights_is_a_failed_deployment_not_a_retry_loop(serve_url, tmp_path):
     from ray import serve
     from ray.serve.context import _get_global_client
