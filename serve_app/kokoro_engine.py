@@ -4,9 +4,12 @@ A wrapper's front end turns a piece of text into segments (at most 510 phonemes 
 segment becomes one item for the replica's model thread, which batches items across
 requests (`serve_app.batched_synthesis`).
 """
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, TypeVar
+import asyncio
 
 from kokoro import KModel
 import torch
@@ -19,6 +22,8 @@ from .voices import VoiceLibrary
 
 # The model's context is 512 tokens, two of which are the pads around the text.
 MAX_TOKENS = 510
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -39,6 +44,12 @@ class KokoroEngine:
         policy = (batching or BatchPolicy()).for_device(model.device.type)
         self.model_thread = ModelThread(partial(synthesize_batch, model), policy,
                                         release_memory=model.device.type == "cpu")
+        # espeak-ng and misaki are not thread-safe: the front end runs on one thread of its own,
+        # beside the model thread, so requests' G2P never interleave.
+        self._front_end = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kokoro-g2p")
+
+    async def in_front_end(self, work: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._front_end, partial(work, *args))
 
     async def segments(self, text: str, options: SynthesisOptions) -> list[Segment]:
         """The front end: a piece of text as phoneme segments, in order."""

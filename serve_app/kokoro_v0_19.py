@@ -1,5 +1,4 @@
 """Kokoro v0.19: the same network as v1.0 (kokoro's own KModel), its own vocab and espeak front end."""
-import asyncio
 
 from .kokoro_engine import KokoroEngine, Segment
 from .protocol import SynthesisOptions
@@ -12,7 +11,7 @@ class KokoroV019Wrapper(KokoroEngine):
     """Kokoro v0.19 in a replica: kokoro's KModel with v0.19's weights, vocab and espeak front end."""
 
     async def segments(self, text: str, options: SynthesisOptions) -> list[Segment]:
-        pieces = await asyncio.to_thread(text_to_pieces, text, options.lang_code == BRITISH)
+        pieces = await self.in_front_end(text_to_pieces, text, options.lang_code == BRITISH)
         return [Segment(phonemes) for phonemes in pieces]
 
     def style_row(self, phonemes: str, token_count: int) -> int:

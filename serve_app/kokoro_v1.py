@@ -1,5 +1,4 @@
 """Kokoro v1.0: one `KModel` shared by a cache of `KPipeline`s (the front ends), one per language."""
-import asyncio
 import re
 import threading
 
@@ -69,10 +68,10 @@ class KokoroV1Wrapper(KokoroEngine):
                                  f"on this server: {e}", param="lang_code", code="language_unavailable") from e
 
     async def segments(self, text: str, options: SynthesisOptions) -> list[Segment]:
-        pipeline = await asyncio.to_thread(self.pipeline, options.lang_code)
-        if pipeline.lang_code in ESPEAK_ENGLISH:  # misaki's English G2P: KPipeline splits by phonemes
-            return await asyncio.to_thread(lambda: list(misaki_segments(pipeline, text)))
-        return await asyncio.to_thread(lambda: list(espeak_segments(pipeline, text)))
+        pipeline = await self.in_front_end(self.pipeline, options.lang_code)
+        # misaki's English G2P: KPipeline splits by phonemes; espeak front ends: split here.
+        segments = misaki_segments if pipeline.lang_code in ESPEAK_ENGLISH else espeak_segments
+        return await self.in_front_end(lambda: list(segments(pipeline, text)))
 
     def style_row(self, phonemes: str, token_count: int) -> int:
         return len(phonemes) - 1  # as KPipeline.infer picks it

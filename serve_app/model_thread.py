@@ -123,8 +123,8 @@ class ModelThread:
     def _serve(self) -> None:
         while True:
             batch = self._next_batch()
+            self.batch_sizes[len(batch)] += 1  # before its results: a caller that has them sees it counted
             self._run(batch)
-            self.batch_sizes[len(batch)] += 1
             if self._release_memory:
                 self._maybe_trim()
 

@@ -14,7 +14,7 @@ from serve_app.versions import V0_19, V1_0
 
 from tiny_release import tiny_config
 
-pytestmark = pytest.mark.fast
+pytestmark = pytest.mark.slow  # builds and runs several models: tens of seconds
 
 # Audio peaks at ~2; batching changes only the order of float32 sums (max abs diff ~5e-6 seen).
 ATOL = 1e-4
