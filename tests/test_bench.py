@@ -324,6 +324,7 @@ def test_run_service_sends_pcm_streams_and_sizes_scenarios(fake_server):
 # --- replica memory and the in-process baseline ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_replica_rss_finds_processes_by_title():
     fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                              "ray::ServeReplica:kokoro:KokoroV1Model"])
@@ -344,6 +345,7 @@ def test_replica_rss_finds_processes_by_title():
         other.wait()
 
 
+@pytest.mark.slow
 def test_in_process_measure_with_a_tiny_model():
     from serve_app.versions import V1_0
 
@@ -361,6 +363,7 @@ def test_in_process_measure_with_a_tiny_model():
     assert paragraph.samples[0].audio_s > short.samples[0].audio_s
 
 
+@pytest.mark.slow
 def test_in_process_failure_in_a_worker_is_reported_not_waited_on():
     start = time.monotonic()
     with pytest.raises(RuntimeError, match="in-process benchmark failed"):  # torch rejects 0 threads
@@ -368,6 +371,7 @@ def test_in_process_failure_in_a_worker_is_reported_not_waited_on():
     assert time.monotonic() - start < 120
 
 
+@pytest.mark.slow
 def test_piece_sizes_measures_every_size_each_round_and_reports_medians():
     import torch
 
@@ -391,6 +395,7 @@ def test_piece_sizes_measures_every_size_each_round_and_reports_medians():
     assert "| 200 | 1 |" in section and f"| 20 | {results[20][0]['pieces']} |" in section
 
 
+@pytest.mark.slow
 def test_gpu_batching_bench_runs_on_the_cpu_without_kokoros_front_end(tmp_path):
     """The GPU benchmark with a tiny model on the CPU, in a process where misaki cannot be imported
     (as on a GPU machine that carries only kokoro's wheel)."""

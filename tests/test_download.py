@@ -26,6 +26,8 @@ from serve_app import download
 from serve_app.download import DownloadError, download_version, main
 from serve_app.versions import V0_19, V1_0
 
+pytestmark = pytest.mark.slow  # loads models or runs subprocesses: seconds a test
+
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

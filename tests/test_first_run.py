@@ -30,6 +30,8 @@ from serve_app.versions import V0_19, V1_0
 
 from conftest import project_app_config
 
+pytestmark = pytest.mark.slow  # loads models or runs subprocesses: seconds a test
+
 ROOT = Path(__file__).resolve().parents[1]
 FULL_LAYOUT = ({"models/v1_0/kokoro-v1_0.pth", "models/v0_19/kokoro-v0_19.pth"}
                | {f"voices/v1_0/{n}.pt" for n in V1_0.voices} | {f"voices/v0_19/{n}.pt" for n in V0_19.voices})

@@ -29,6 +29,8 @@ from serve_app.voices import VoiceLibrary
 
 from tiny_release import tiny_config
 
+pytestmark = pytest.mark.slow  # loads models or runs subprocesses: seconds a test
+
 SAMPLES_PER_FRAME = 600
 SEED = 1234
 # Two sentences, 404 characters: KPipeline's espeak path cuts at ~400 characters, so two chunks.
@@ -233,8 +235,11 @@ def test_forward_stops_between_chunks_when_closed(wrapper):
 
     first = asyncio.run(first_chunk_then_close())  # returns once its worker threads are done
     assert len(first.audio) > 0
-    # The model thread counts every batch it runs: one item ran, the later segments never did.
-    assert dict(wrapper.model_thread.batch_sizes) == {1: 1}
+    # The model thread counts every batch it runs. The item it may already have taken when the
+    # client left finishes; the third segment never runs.
+    ran = sum(wrapper.model_thread.batch_sizes.values())
+    speak(wrapper, "Hi.", "af_heart")  # queued behind whatever still runs: the thread is idle after it
+    assert ran <= 2 and sum(wrapper.model_thread.batch_sizes.values()) == ran + 1
 
 
 # --- v0.19 -----------------------------------------------------------------------

@@ -21,6 +21,8 @@ from serve_app.voices import VoiceLibrary
 
 from tiny_release import published_state, tiny_config
 
+pytestmark = pytest.mark.slow  # loads models or runs subprocesses: seconds a test
+
 SAMPLES_PER_FRAME = 600  # 25 ms at 24 kHz
 # Every symbol is in its version's vocab: one token each.
 V1_PHONEMES = "hˈI."
