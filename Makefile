@@ -14,12 +14,13 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: install serve test test-fast lint bench bench-pieces
+.PHONY: install serve test test-fast lint fuzz bench bench-pieces bench-soak bench-allocator
 install: $(BIN)/.installed
 
 # The preflight fetches missing weights (or stops, saying how to get them) before Serve starts.
 serve: install
-	$(BIN)/python -m serve_app.first_run serve_config.yaml && $(BIN)/serve run serve_config.yaml
+	$(BIN)/python -m serve_app.first_run serve_config.yaml && \
+		RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.request_ids:proxy_middlewares $(BIN)/serve run serve_config.yaml
 
 # Lint first: CI runs this target, so ruff's findings fail it like a failing test.
 test: lint
@@ -32,9 +33,22 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 
+# The OpenAPI fuzzer against a real service with the tiny model, far more cases than CI's run.
+FUZZ_EXAMPLES ?= 300
+fuzz: install
+	KOKORO_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q tests/test_fuzz.py
+
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # Speed and memory of the model by piece size, in-process (what piece_chars trades).
 bench-pieces: install
 	$(BIN)/python -m bench.piece_sizes
+
+# Memory over hundreds of mixed requests (lengths, formats, languages, clients leaving early): growth <= 5%.
+bench-soak: install
+	$(BIN)/python -m bench.soak
+
+# What the heap settings in serve_config.yaml and the trim policy cost a CPU replica, in-process.
+bench-allocator: install
+	$(BIN)/python -m bench.allocator --out docs/benchmarks.md

@@ -53,7 +53,7 @@ def import_kokoro_network() -> None:
     package.KModel = importlib.import_module("kokoro.model").KModel
 
 
-def build_engine(config: dict | None, device: str, max_batch_size: int):
+def build_engine(config: dict | None, device: str, max_batch_size: int, trim_interval_s: float = 0):
     import torch
 
     from serve_app.config import BatchPolicy
@@ -73,7 +73,7 @@ def build_engine(config: dict | None, device: str, max_batch_size: int):
             return len(phonemes) - 1
 
     model = fold_weight_norm(make_dummy_model(V1_0, config or V1_0.packaged_config())).to(device)
-    policy = BatchPolicy(max_batch_size=max_batch_size, trim_interval_s=0)
+    policy = BatchPolicy(max_batch_size=max_batch_size, trim_interval_s=trim_interval_s)
     torch.manual_seed(0)
     return PhonemeEngine(model, VoiceLibrary(V1_0, None), policy)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 import os
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from .text_pieces import FIRST_PIECE_CHARS, PIECE_CHARS
 from .versions import DEFAULT_VERSION, VERSIONS
@@ -16,7 +16,9 @@ CPU_MAX_BATCH_SIZE = 1
 GPU_MAX_BATCH_SIZE = 32
 
 # Environment variables that take precedence over the config file's args.
-ENV_OVERRIDES = {"weights": "KOKORO_WEIGHTS", "model_root": "KOKORO_MODEL_ROOT", "api_key": "KOKORO_API_KEY"}
+ENV_OVERRIDES = {"weights": "KOKORO_WEIGHTS", "model_root": "KOKORO_MODEL_ROOT"}
+# The API key: the key itself, or a file holding it (a mounted Kubernetes secret). Set but empty is an error.
+API_KEY_ENV, API_KEY_FILE_ENV = "KOKORO_API_KEY", "KOKORO_API_KEY_FILE"
 
 
 class IngressConfig(BaseModel):
@@ -30,8 +32,19 @@ class IngressConfig(BaseModel):
     first_piece_chars: int = Field(FIRST_PIECE_CHARS, gt=0, description=(
         "Most characters in a request's first piece of text: small, so first audio comes fast."))
     piece_chars: int = Field(PIECE_CHARS, gt=0, description="Most characters in each later piece.")
-    api_key: str | None = Field(None, description=(
-        "When set, every /v1 request needs `Authorization: Bearer <key>`. Env KOKORO_API_KEY overrides."))
+    start_timeout_s: float = Field(30, gt=0, description=(
+        "A request whose first audio is not made within this is shed: 503 with Retry-After, not a long wait."))
+    piece_timeout_s: float = Field(120, gt=0, description=(
+        "Longest wait for any later piece's audio once the stream needs it; then the stream ends with an error."))
+    api_key: SecretStr | None = Field(None, description=(
+        "When set, every route but /health and the web page needs `Authorization: Bearer <key>`. "
+        "Set it with env KOKORO_API_KEY or KOKORO_API_KEY_FILE (a file holding it), not in a committed config."))
+    cors_origins: list[str] = Field(default_factory=list, description=(
+        "Web origins (`https://app.example.com`, or `*`) whose pages may call the API from a browser."))
+    live_idle_s: float = Field(1.0, gt=0, description=(
+        "Live speech (/v1/audio/speech/live): text held this long with no new text and no boundary is spoken."))
+    live_unacked_audio_s: float = Field(30.0, gt=0, description=(
+        "Live speech: most seconds of audio sent and not yet acknowledged (`ack`) by the client; then it waits."))
 
 
 class BatchPolicy(BaseModel):
@@ -47,9 +60,11 @@ class BatchPolicy(BaseModel):
     wait_ms: float = Field(0.0, ge=0, le=1000, description=(
         "How long a free model thread may wait for more items while other streams of its replica "
         "are between items. Never taken with a lone stream."))
-    trim_interval_s: float = Field(1.0, ge=0, description=(
+    trim_interval_s: float = Field(60.0, ge=0, description=(
         "CPU models: freed heap memory goes back to the system when the thread is idle, and at "
-        "most this often under load."))
+        "most this often under load (each trim makes the next step fault its memory in again)."))
+    stuck_batch_s: float = Field(300, gt=0, description=(
+        "A model thread busy on one batch longer than this fails the replica's health check, so Serve replaces it."))
 
     def for_device(self, device: str) -> "BatchPolicy":
         """This policy with the device's default batch size filled in."""
@@ -67,6 +82,7 @@ class ModelSettings(BaseModel):
     model_root: str = Field(description="Absolute path of the local layout of weights and voices.")
     config_path: str | None = Field(None, description="A config.json to use instead of the packaged one.")
     batching: BatchPolicy = Field(default_factory=BatchPolicy, description="Batching across requests.")
+    lexicon_path: str | None = Field(None, description="A custom lexicon (word -> phonemes) for this version.")
 
 
 class AppArgs(IngressConfig):
@@ -82,23 +98,55 @@ class AppArgs(IngressConfig):
         "Per-version config.json to use instead of the packaged one (other architectures, tests)."))
     batching: BatchPolicy = Field(default_factory=BatchPolicy, description=(
         "How every model replica batches pieces across requests."))
+    lexicons: dict[str, str] = Field(default_factory=dict, description=(
+        "Per-version custom lexicon: a JSON or YAML file mapping words to phonemes of that version."))
 
     def ingress_config(self) -> IngressConfig:
         return IngressConfig(**self.model_dump(include=set(IngressConfig.model_fields)))
 
     def model_settings(self, version: str) -> ModelSettings:
         return ModelSettings(version=version, weights=self.weights, model_root=self.model_root,
-                             config_path=self.configs.get(version), batching=self.batching)
+                             config_path=self.configs.get(version), batching=self.batching,
+                             lexicon_path=self.lexicons.get(version))
 
 
 def resolve_args(args: dict) -> AppArgs:
     """Args from the config, with the environment's overrides; a misspelled arg is an error."""
     overrides = {key: os.environ[var] for key, var in ENV_OVERRIDES.items() if os.environ.get(var)}
-    resolved = AppArgs.model_validate({**args, **overrides})
-    unknown = [v for v in resolved.versions + list(resolved.configs) if v not in VERSIONS]
+    args = {**args, **overrides, **api_key_from_env()}
+    if args.get("api_key") is not None:
+        check_api_key(str(args["api_key"]))
+    resolved = AppArgs.model_validate(args)
+    unknown = [v for v in resolved.versions + list(resolved.configs) + list(resolved.lexicons) if v not in VERSIONS]
     if unknown:
         raise ValueError(f"unknown model versions {unknown}; this build serves {sorted(VERSIONS)}")
     # Replicas run in other processes and directories: pin relative paths to where serve started.
     resolved.model_root = str(Path(resolved.model_root).resolve())
     resolved.configs = {v: str(Path(p).resolve()) for v, p in resolved.configs.items()}
+    resolved.lexicons = {v: str(Path(p).resolve()) for v, p in resolved.lexicons.items()}
     return resolved
+
+
+def api_key_from_env() -> dict:
+    """{"api_key": key} from KOKORO_API_KEY or the file KOKORO_API_KEY_FILE names; {} when neither is set."""
+    given = [var for var in (API_KEY_ENV, API_KEY_FILE_ENV) if var in os.environ]
+    if len(given) > 1:
+        raise ValueError(f"both {API_KEY_ENV} and {API_KEY_FILE_ENV} are set: set one")
+    if given == [API_KEY_ENV]:
+        return {"api_key": os.environ[API_KEY_ENV]}
+    if given == [API_KEY_FILE_ENV]:
+        path = Path(os.environ[API_KEY_FILE_ENV])
+        try:
+            return {"api_key": path.read_text().strip()}  # files usually end in a newline
+        except OSError as e:
+            raise ValueError(f"{API_KEY_FILE_ENV}={path}: cannot read the API key file ({e.strerror})") from None
+    return {}
+
+
+def check_api_key(key: str) -> None:
+    """An empty key would lock nobody out: refuse it, and any key a header cannot carry. Never quotes the key."""
+    if not key:
+        raise ValueError(f"the API key is empty (api_key, {API_KEY_ENV} or {API_KEY_FILE_ENV}'s file): "
+                         f"set a key, or unset them all to serve without one")
+    if not (key.isascii() and key.isprintable()) or " " in key:
+        raise ValueError("the API key must be printable ASCII without spaces, to fit an Authorization header")

@@ -36,6 +36,10 @@ class NotFound(ServiceError):
     status, type = 404, "invalid_request_error"
 
 
+class MethodNotAllowed(ServiceError):
+    status, type = 405, "invalid_request_error"
+
+
 class InputTooLong(ServiceError):
     status, type = 413, "invalid_request_error"
 

@@ -17,6 +17,8 @@ import torch
 from .batched_synthesis import SynthesisItem, SynthesisOutput, synthesize_batch
 from .config import BatchPolicy
 from .model_thread import ModelThread
+from .phoneme_split import split_phonemes
+from .pronunciation import Lexicon
 from .protocol import AudioChunk, SynthesisOptions, Word
 from .voices import VoiceLibrary
 
@@ -47,13 +49,25 @@ class KokoroEngine:
         # espeak-ng and misaki are not thread-safe: the front end runs on one thread of its own,
         # beside the model thread, so requests' G2P never interleave.
         self._front_end = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kokoro-g2p")
+        self.lexicon = Lexicon()  # the deployment's custom pronunciations, if it has any
 
     async def in_front_end(self, work: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._front_end, partial(work, *args))
 
     async def segments(self, text: str, options: SynthesisOptions) -> list[Segment]:
-        """The front end: a piece of text as phoneme segments, in order."""
+        """The front end: a piece of text (inline pronunciations allowed) as phoneme segments, in order."""
         raise NotImplementedError
+
+    async def piece_segments(self, piece: str, options: SynthesisOptions) -> list[Segment]:
+        """A piece's segments: phonemes as given, or text through the lexicon and the front end."""
+        if options.phonemes:
+            return [Segment(phonemes) for phonemes in split_phonemes(piece)]
+        return await self.segments(self.lexicon.apply(piece), options)
+
+    async def phonemize(self, piece: str, options: SynthesisOptions) -> list[tuple[str, list[int]]]:
+        """What the model is given for a piece: per segment, its phonemes and their token ids."""
+        segments = await self.piece_segments(piece, options)
+        return [(self.model_phonemes(s.phonemes), self.token_ids(s.phonemes)) for s in segments]
 
     def style_row(self, phonemes: str, token_count: int) -> int:
         """Which row of the voice pack styles a segment."""
@@ -62,8 +76,16 @@ class KokoroEngine:
     def words(self, segment: Segment, pred_dur: torch.Tensor) -> list[Word]:
         return []
 
+    def model_phonemes(self, phonemes: str) -> str:
+        """The phonemes the model reads: symbols it has no id for are dropped, the rest cut to its context."""
+        return "".join(p for p in phonemes if p in self.model.vocab)[:MAX_TOKENS]
+
+    def token_ids(self, phonemes: str) -> list[int]:
+        """The model's ids for phonemes, without the pads."""
+        return [self.model.vocab[p] for p in self.model_phonemes(phonemes)]
+
     def item(self, segment: Segment, pack: torch.Tensor, options: SynthesisOptions) -> SynthesisItem:
-        ids = [self.model.vocab[p] for p in segment.phonemes if p in self.model.vocab][:MAX_TOKENS]
+        ids = self.token_ids(segment.phonemes)
         return SynthesisItem(torch.tensor([0, *ids, 0]), pack[self.style_row(segment.phonemes, len(ids))],
                              options.speed, options.seed)
 
@@ -72,10 +94,10 @@ class KokoroEngine:
         """Audio chunk by chunk, one per segment, as it is made; `due` (epoch seconds) is when
         the client needs it (see ModelThread)."""
         pack = self.voices.pack(options.voice)
-        segments = await self.segments(text, options)
+        segments = await self.piece_segments(text, options)
         with self.model_thread.stream() as stream:  # leaving it cancels what has not run
             items = [self.item(segment, pack, options) for segment in segments]
             outputs = [stream.submit(item, due, len(item.input_ids)) for item in items]
             for segment, output in zip(segments, outputs, strict=True):
                 made: SynthesisOutput = await output
-                yield AudioChunk(made.audio.numpy(), self.words(segment, made.pred_dur))
+                yield AudioChunk(made.audio.numpy(), self.words(segment, made.pred_dur), len(made.pred_dur) - 2)

@@ -12,6 +12,7 @@ from .errors import InvalidRequest
 from .kokoro_engine import MAX_TOKENS, KokoroEngine, Segment
 from .logs import get_logger
 from .phoneme_split import split_phonemes
+from .pronunciation import phonemize_runs, plain_text
 from .protocol import SynthesisOptions, Word
 from .voices import VoiceLibrary
 from .word_timings import from_misaki_tokens, from_phoneme_words
@@ -102,11 +103,12 @@ def espeak_segments(pipeline: KPipeline, text: str):
 
     KPipeline's espeak branch cuts text at ~400 characters and then truncates the phonemes
     to 510, dropping speech when text expands (numbers, symbols); cutting the phonemes instead
-    loses nothing. Words follow their phoneme words, when the two counts agree.
+    loses nothing. Words follow their phoneme words, when the two counts agree. An inline
+    pronunciation (`[word](/phonemes/)`) is spoken with its phonemes (see serve_app.pronunciation).
     """
     for line in lines(text):
-        phonemes, _ = pipeline.g2p(line)
-        words = line.split()
+        phonemes = phonemize_runs(line, lambda run: pipeline.g2p(run)[0])
+        words = plain_text(line).split()
         aligned = len(words) == len(phonemes.split())
         for piece in split_phonemes(phonemes.strip()):
             count = len(piece.split())

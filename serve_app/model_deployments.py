@@ -2,6 +2,7 @@
 from pathlib import Path
 import asyncio
 import json
+import os
 
 from ray import serve
 import ray
@@ -9,12 +10,14 @@ import torch
 
 from .config import BatchPolicy, ModelSettings
 from .dummy_weights import make_dummy_model
-from .errors import ModelFileError
+from .errors import ModelFileError, ServiceError
 from .kokoro_v0_19 import KokoroV019Wrapper
 from .kokoro_v1 import KokoroV1Wrapper
 from .logs import get_logger
+from .metrics import ReplicaMetrics
 from .model_loading import fold_weight_norm, load_model
-from .protocol import SynthesisOptions
+from .pronunciation import Lexicon
+from .protocol import SAMPLE_RATE, SynthesisOptions
 from .versions import V0_19, V1_0, ModelVersion
 from .voices import VoiceLibrary
 
@@ -50,8 +53,13 @@ class ModelReplica:
             root = Path(settings.model_root)
             model, voices = load_model(self.version, config, root), VoiceLibrary(self.version, root)
         self.engine = self.make_engine(fold_weight_norm(model).to(self.device), voices, settings.batching)
+        if settings.lexicon_path is not None:  # a bad file fails the replica's start: a config error
+            self.engine.lexicon = Lexicon.read(settings.lexicon_path, model.vocab, self.version.name)
         self._fatal: Exception | None = None
         self._counts = {"chunks": 0, "cancelled": 0}
+        self._stuck_batch_s = settings.batching.stuck_batch_s
+        self._metrics = ReplicaMetrics(self.version.name)
+        self.engine.model_thread.on_batch = self._batch_done
         logger.info("%s replica ready on %s with %d torch threads, %d voices, batches of up to %d",
                     self.version.name, self.device, torch.get_num_threads(), len(voices.names()),
                     self.engine.model_thread.policy.max_batch_size)
@@ -68,13 +76,21 @@ class ModelReplica:
                 yield chunk
         except (asyncio.CancelledError, GeneratorExit):
             self._counts["cancelled"] += 1
-            logger.info("%s synthesis cancelled: the client went away", self.version.name)
+            logger.info("request %s: %s synthesis cancelled: the client went away",
+                        options.request_id, self.version.name)
             raise
-        except RuntimeError as e:
+        except ServiceError:  # the client's mistake (a language not installed): it says so to them
+            raise
+        except Exception as e:
+            logger.error("request %s: %s synthesis failed", options.request_id, self.version.name, exc_info=e)
             # A broken CUDA context does not heal (running out of memory does): let Serve replace the replica.
             if "CUDA" in str(e) and not isinstance(e, torch.cuda.OutOfMemoryError):
                 self._fatal = e
             raise
+
+    def _batch_done(self, size: int, seconds: float, results: list, waiting: int) -> None:
+        audio_s = sum(len(result.audio) for result in results) / SAMPLE_RATE
+        self._metrics.batch_done(size, seconds, audio_s, waiting)
 
     def stats(self) -> dict:
         """Audio chunks made, calls cancelled and batches run by size (what tests and operators watch)."""
@@ -83,9 +99,24 @@ class ModelReplica:
     def voices(self) -> list[str]:
         return self.engine.voices.names()
 
+    def vocab(self) -> list[str]:
+        """The phoneme symbols the model has tokens for (the ingress checks phoneme input with them)."""
+        return sorted(self.engine.model.vocab)
+
+    async def phonemize(self, pieces: list[str], options: SynthesisOptions) -> list[tuple[str, list[int]]]:
+        """What the model is given for each piece, segment by segment: phonemes and token ids."""
+        return [segment for piece in pieces for segment in await self.engine.phonemize(piece, options)]
+
+    def pid(self) -> int:
+        """The replica's process id (the fault tests kill it)."""
+        return os.getpid()
+
     def check_health(self) -> None:
         if self._fatal is not None:
             raise RuntimeError(f"model unusable after: {self._fatal}")
+        if (busy := self.engine.model_thread.busy_for()) > self._stuck_batch_s:
+            raise RuntimeError(f"model thread stuck: one batch has run for {busy:.0f} s "
+                               f"(stuck_batch_s {self._stuck_batch_s:g})")
         probe = torch.ones(1, device=self.device) + 1
         if probe.item() != 2:
             raise RuntimeError(f"{self.device} computes wrong results")

@@ -101,6 +101,9 @@ class ModelThread:
         self._open_streams = 0
         self._last_trim = time.monotonic()
         self.batch_sizes: Counter[int] = Counter()  # batches run, by size: for tests and metrics
+        # Called after each batch with (size, seconds, results, items still waiting): the replica's metrics.
+        self.on_batch: Callable[[int, float, list, int], None] | None = None
+        self._busy_since: float | None = None  # monotonic start of the batch running now
         threading.Thread(target=self._serve, name="kokoro-model", daemon=True).start()
 
     @contextmanager
@@ -120,11 +123,20 @@ class ModelThread:
             heapq.heappush(self._waiting, waiting)
             self._ready.notify()
 
+    def busy_for(self) -> float:
+        """Seconds the thread has spent on the batch it runs now (0 when idle): a health check's clue."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def _serve(self) -> None:
         while True:
             batch = self._next_batch()
             self.batch_sizes[len(batch)] += 1  # before its results: a caller that has them sees it counted
-            self._run(batch)
+            self._busy_since = started = time.monotonic()
+            results = self._run(batch)
+            self._busy_since = None
+            if self.on_batch is not None:
+                self.on_batch(len(batch), time.monotonic() - started, results, len(self._waiting))
             if self._release_memory:
                 self._maybe_trim()
 
@@ -158,18 +170,19 @@ class ModelThread:
                 tokens += head.tokens
         return batch
 
-    def _run(self, batch: list[_Waiting]) -> None:
+    def _run(self, batch: list[_Waiting]) -> list:
+        """Run the batch and settle its callers; the results that were made."""
         try:
             results = self._run_batch([waiting.item for waiting in batch])
         except Exception as e:
             if len(batch) == 1:
                 batch[0].settle(error=e)
-            else:  # find the item at fault: each alone, so the others still get their audio
-                for waiting in batch:
-                    self._run([waiting])
-            return
+                return []
+            # find the item at fault: each alone, so the others still get their audio
+            return [result for waiting in batch for result in self._run([waiting])]
         for waiting, result in zip(batch, results, strict=True):
             waiting.settle(result)
+        return results
 
     def _maybe_trim(self) -> None:
         with self._ready:

@@ -39,6 +39,8 @@ class SynthesisOptions:
     lang_code: str            # a code the version speaks (ModelVersion.languages)
     speed: float = 1.0
     seed: int | None = None   # the same seed gives the same audio (the vocoder draws noise)
+    phonemes: bool = False    # the pieces are phonemes for the model as they are: no G2P
+    request_id: str = "-"     # the HTTP request's id (serve_app.request_ids), for the replicas' logs
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Word:
 class AudioChunk:
     audio: np.ndarray                      # float32 mono at SAMPLE_RATE
     words: list[Word] = field(default_factory=list)
+    tokens: int = 0                        # phoneme tokens the model read for it, pads not counted
 
     @property
     def seconds(self) -> float:

@@ -1,11 +1,14 @@
 """Checking a speech request, once, in the ingress: replicas are sent only what is valid."""
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .config import IngressConfig
 from .errors import InputTooLong, InvalidRequest, quote
+from .phoneme_split import MAX_PHONEMES
+from .pronunciation import check_inline, check_phonemes
 from .protocol import SynthesisOptions
 from .speech_api import MODEL_ALIASES, SpeechRequest
+from .text_normalise import is_speakable, normalise_text, strip_invisible, within_budget
 from .text_pieces import split_text
 from .versions import VERSIONS, ModelVersion
 from .voice_spec import parse_voice
@@ -51,12 +54,41 @@ def synthesis_options(version: ModelVersion, voices: Collection[str], voice: str
     return SynthesisOptions(blend, resolve_lang_code(version, lang_code, blend.names[0]), speed, seed)
 
 
-def speech_job(body: SpeechRequest, version: ModelVersion, voices: Collection[str], config: IngressConfig) -> SpeechJob:
+def speech_job(body: SpeechRequest, version: ModelVersion, voices: Collection[str], config: IngressConfig,
+               vocab: Collection[str] | None = None) -> SpeechJob:
+    """The job of a request; phonemes (its input or inline pronunciations) are checked against
+    `vocab`, the symbols the version's model has tokens for, when given."""
     if len(body.input) > config.max_input_chars:
         raise InputTooLong(f"input has {len(body.input)} characters; this server takes at most "
                            f"{config.max_input_chars} per request", param="input", code="input_too_long")
     options = synthesis_options(version, voices, body.voice, body.lang_code, body.speed, body.seed)
-    pieces = split_text(body.input, config.first_piece_chars, config.piece_chars)
+    phonemes = body.input_format == "phonemes"
+    pieces = phoneme_pieces(body.input, config) if phonemes else text_pieces(body.input, config)
+    for piece in pieces if vocab is not None else ():
+        if phonemes:
+            check_phonemes(piece, vocab, "input", version.name)
+        else:
+            check_inline(piece, vocab, version.name)
+    return SpeechJob(version, pieces, replace(options, phonemes=phonemes))
+
+
+def phoneme_pieces(phonemes: str, config: IngressConfig) -> list[str]:
+    """Phoneme input cut like text: one symbol is one token, so a piece fits the model's context."""
+    # Not NFC: it would fuse a letter and its combining mark (a + U+0303) into a symbol the vocab lacks.
+    pieces = split_text(strip_invisible(phonemes), min(config.first_piece_chars, MAX_PHONEMES),
+                        min(config.piece_chars, MAX_PHONEMES))
     if not pieces:
-        raise InvalidRequest("input has no text to speak", param="input", code="empty_input")
-    return SpeechJob(version, pieces, options)
+        raise InvalidRequest("input has no phonemes to speak", param="input", code="empty_input")
+    return pieces
+
+
+def text_pieces(text: str, config: IngressConfig) -> list[str]:
+    """The pieces to synthesise: normalised text, cut by characters and by what it expands to."""
+    text = normalise_text(text)
+    if not is_speakable(text):
+        raise InvalidRequest("input has no text to speak (letters, digits or symbols)", param="input",
+                             code="empty_input")
+    pieces = split_text(text, config.first_piece_chars, config.piece_chars)
+    # A piece's budget of estimated phonemes is its character limit: plain text is about one a character.
+    return within_budget(pieces, config.first_piece_chars, config.piece_chars,
+                         lambda piece, chars: split_text(piece, chars, chars))

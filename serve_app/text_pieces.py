@@ -13,6 +13,7 @@ that fits. So a piece is only short when the text forces it (a short paragraph,
 or a short sentence followed by one that does not fit); such a piece is still a
 whole sentence, which is the natural unit for prosody anyway.
 """
+from .pronunciation import LINK
 
 # English speech runs at about 15 characters a second, so a 100-character
 # first piece is at most about 7 s of audio: usually one opening clause or
@@ -55,12 +56,32 @@ def _rank(text: str, space: int) -> int:
     return next((r for r, marks in enumerate(_WATERFALL) if mark in marks), _PLAIN_SPACE)
 
 
-def _cut(text: str, limit: int) -> int:
-    """Where to cut text, which is longer than limit, so that text[:cut] fits."""
+def _links(text: str, limit: int) -> list[tuple[int, int]]:
+    """Spans of the inline pronunciations (`[word](/phonemes/)`) that start within the limit."""
+    spans = []
+    for m in LINK.finditer(text):
+        if m.start() > limit:
+            break
+        spans.append(m.span())
+    return spans
+
+
+def _free_spaces(text: str, limit: int, links: list[tuple[int, int]]) -> list[int]:
+    """The spaces a piece of at most limit characters may end at: none inside an inline pronunciation."""
     # A space at index limit still leaves a piece of exactly limit characters.
-    spaces = [i for i, c in enumerate(text[: limit + 1]) if c == " "]
-    if not spaces:
-        return limit  # one word longer than the limit: cut it hard
+    return [i for i, c in enumerate(text[: limit + 1]) if c == " " and not any(start < i < end for start, end in links)]
+
+
+def _cut(text: str, limit: int) -> int:
+    """Where to cut text, which is longer than limit, so that text[:cut] fits.
+
+    Never inside an inline pronunciation: one that a hard cut would split goes whole into the
+    piece it starts in when it starts the text (so that piece may exceed the limit), else to the next.
+    """
+    links = _links(text, limit)
+    spaces = _free_spaces(text, limit, links)
+    if not spaces:  # one word longer than the limit: cut it hard
+        return next((start or end for start, end in links if start < limit < end), limit)
     return min(spaces, key=lambda i: (_rank(text, i), -i))
 
 
@@ -85,3 +106,13 @@ def split_text(
             pieces.append(para[:cut])
             para = para[cut:].lstrip()
     return pieces
+
+
+def boundary_cut(text: str, limit: int, weakest: int) -> int | None:
+    """Where text that is still arriving can be cut now: the space in text[:limit + 1] that split_text
+    would prefer, among those at a boundary of rank <= weakest (0 sentence, 1 clause, 2 comma/dash) that
+    the text after them already confirms (the next character has arrived); None when there is none."""
+    spaces = _free_spaces(text, limit, _links(text, limit))
+    ranked = [(_rank(text, i), -i) for i in spaces if i + 1 < len(text)]
+    rank, cut = min(ranked, default=(_PLAIN_SPACE, 0))
+    return -cut if rank <= weakest else None

@@ -20,6 +20,7 @@ from phonemizer.backend.espeak.wrapper import EspeakWrapper
 import espeakng_loader
 
 from .phoneme_split import MAX_PHONEMES, split_phonemes
+from .pronunciation import phonemize_runs
 
 MAX_TOKENS = MAX_PHONEMES  # every v0.19 symbol is one token
 # Id 0: padding around the text, never a phoneme.
@@ -191,7 +192,8 @@ def text_to_pieces(text: str, british: bool) -> list[str]:
     """Phoneme strings of at most MAX_TOKENS tokens each, covering all of text.
 
     The whole text is phonemised in one espeak call (as v0.19 did), then cut at
-    sentence ends, else clause marks or commas, else spaces, else hard.
+    sentence ends, else clause marks or commas, else spaces, else hard. Inline
+    pronunciations (`[word](/phonemes/)`) split that call around them and keep their phonemes.
     """
-    ps = phonemize(text, british)
+    ps = phonemize_runs(text, lambda run: phonemize(run, british))
     return split_phonemes(ps) if ps else []

@@ -13,7 +13,7 @@ import json
 
 # OpenAI's voice names, in the order OpenAI lists them; each version maps every one.
 OPENAI_VOICE_NAMES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage",
-                      "shimmer", "verse")
+                      "shimmer", "verse", "marin", "cedar")
 
 
 class Language(NamedTuple):
@@ -83,6 +83,8 @@ V1_0 = ModelVersion(
         "alloy": "af_alloy", "ash": "am_adam", "ballad": "bm_george", "coral": "af_heart",
         "echo": "am_echo", "fable": "bm_fable", "nova": "af_nova", "onyx": "am_onyx",
         "sage": "af_sarah", "shimmer": "af_bella", "verse": "am_michael",
+        # OpenAI's newest and best voices: Kokoro's best-graded American female and male voices.
+        "marin": "af_heart", "cedar": "am_fenrir",
     },
     # kokoro's KPipeline codes, the tags it takes for them and its names (kokoro.pipeline).
     languages={
@@ -109,6 +111,7 @@ V0_19 = ModelVersion(
         "alloy": "af", "ash": "am_adam", "ballad": "bm_george", "coral": "af_nicole",
         "echo": "am_michael", "fable": "bm_lewis", "nova": "af_sky", "onyx": "am_adam",
         "sage": "af_sarah", "shimmer": "af_bella", "verse": "am_michael",
+        "marin": "af_bella", "cedar": "am_michael",
     },
     # espeak-ng's en-us for `a` voices, en-gb for `b`.
     languages={"a": Language("en-us", "American English"), "b": Language("en-gb", "British English")},

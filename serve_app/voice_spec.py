@@ -11,6 +11,7 @@ from .protocol import VoiceBlend
 from .versions import ModelVersion
 
 MAX_BLEND_PARTS = 4
+MAX_VOICE_CHARS = 256  # four parts with long names and weights fit; longer is refused before parsing
 MAX_WEIGHT = 1e6  # keeps the sum of weights finite
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
@@ -49,6 +50,8 @@ def parse_voice(spec: str, version: ModelVersion, known: Collection[str]) -> Voi
 
     Every voice must be in `known` (the voices the version's replicas hold).
     """
+    if len(spec) > MAX_VOICE_CHARS:
+        raise _invalid(f"a voice spec has at most {MAX_VOICE_CHARS} characters, got {len(spec)}: {quote(spec)}")
     texts = spec.split("+")
     if len(texts) > MAX_BLEND_PARTS:
         raise _invalid(f"a voice blend has at most {MAX_BLEND_PARTS} parts, got {len(texts)}")

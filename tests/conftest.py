@@ -57,6 +57,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+METRICS_PORT: list[int] = []  # the session Ray's metrics export port, once it runs
+
+
 @pytest.fixture(scope="session")
 def serve_url():
     """One Ray + Serve for the whole session (starting Ray costs seconds); tests deploy configs into it."""
@@ -64,10 +67,14 @@ def serve_url():
     # Autoscaling tests need load metrics within a fraction of a second, not every 10 s.
     os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.2")
     os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.2")
+    # The proxy bounds client request ids as a deployment should (serve_app/request_ids.py).
+    os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "serve_app.request_ids:proxy_middlewares")
     from ray import serve
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, object_store_memory=500 * 2**20, log_to_driver=False)
+    METRICS_PORT.append(free_port())  # Prometheus export of Ray's and the app's metrics (tests/test_metrics.py)
+    ray.init(num_cpus=8, include_dashboard=False, object_store_memory=500 * 2**20, log_to_driver=False,
+             _metrics_export_port=METRICS_PORT[0])
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"

@@ -419,3 +419,29 @@ def test_gpu_batching_bench_runs_on_the_cpu_without_kokoros_front_end(tmp_path):
     assert all(r["mean_batch"] == 1 for r in table if r["max_batch_size"] == 1)
     assert table[3]["mean_batch"] > 1  # three callers at once, batches of up to three: they formed
     assert "| 3 | 3 |" in out.read_text() and "python -m bench.gpu_batching" in out.read_text()
+
+
+@pytest.mark.slow
+def test_allocator_bench_gives_each_variant_its_own_process_and_malloc_settings(tmp_path):
+    """glibc reads MALLOC_* once at start-up: each variant must run in a process started with its own."""
+    from bench import allocator
+    from serve_app.versions import V1_0
+
+    from tiny_release import tiny_config
+
+    shipped = allocator.tuned_env()
+    assert {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} <= set(shipped)
+    bench_config = yaml.safe_load((REPO_ROOT / "bench/serve_config_cpu.yaml").read_text())
+    bench_env = bench_config["applications"][0]["runtime_env"]["env_vars"]
+    assert {k: str(v) for k, v in bench_env.items() if k.startswith("MALLOC_")} == shipped  # the bench runs them
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config(V1_0)))
+    results = allocator.measure_variants(rounds=1, seconds=0.3, trim_interval_s=60, config=config)
+    assert len(results) == 4
+    for name, (env, _) in allocator.variants(60).items():
+        (row,) = results[name]
+        assert row["malloc_env"] == env  # the process ran with this variant's settings, and only those
+        assert row["audio_per_s"] > 0 and row["peak_mb"] >= row["idle_mb"] > 0 and row["page_faults"] > 0
+    section = allocator.render(results, "python -m bench.allocator", "today")
+    assert section.count("| glibc defaults") == 2 and section.count("| serve_config MALLOC_*") == 2
