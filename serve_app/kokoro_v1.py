@@ -20,6 +20,10 @@ from .word_timings import from_misaki_tokens, from_phoneme_words
 logger = get_logger()
 
 SPACY_ENGLISH = "en_core_web_sm"
+# misaki's English G2P keeps every string it has seen in spaCy's string store, which only grows:
+# a language's pipeline is rebuilt after this many pieces (a rebuild takes about a second), which
+# bounds it however many unseen words a long-lived replica is sent.
+PIECES_PER_PIPELINE = 20_000
 ESPEAK_ENGLISH = {"a": "en-us", "b": "en-gb"}
 LINE_BREAKS = re.compile(r"\n+")
 
@@ -46,13 +50,20 @@ class KokoroV1Wrapper(KokoroEngine):
     def __init__(self, model: KModel, voices: VoiceLibrary, batching: BatchPolicy | None = None):
         super().__init__(model, voices, batching)
         self._pipelines: dict[str, KPipeline] = {}
+        self._pipeline_uses: dict[str, int] = {}
         self._pipelines_lock = threading.Lock()
+        self.pieces_per_pipeline = PIECES_PER_PIPELINE
 
     def pipeline(self, lang_code: str) -> KPipeline:
-        """The cached pipeline for a language, made on first use; a failed one is not cached."""
+        """The cached pipeline for a language, made on first use and again after `pieces_per_pipeline`
+        uses; a failed one is not cached."""
         with self._pipelines_lock:
+            if self._pipeline_uses.get(lang_code, 0) >= self.pieces_per_pipeline:
+                del self._pipelines[lang_code]  # worn: its G2P's caches go with it
             if lang_code not in self._pipelines:
                 self._pipelines[lang_code] = self._make_pipeline(lang_code)
+                self._pipeline_uses[lang_code] = 0
+            self._pipeline_uses[lang_code] += 1
             return self._pipelines[lang_code]
 
     def _make_pipeline(self, lang_code: str) -> KPipeline:

@@ -31,9 +31,10 @@ logger = get_logger()
 SPOKEN_CHARS_PER_S = 15
 # A piece after the first that finds the replicas saturated waits for room: its stream has begun.
 PIECE_RETRY_S, PIECE_RETRY_DEADLINE_S = 0.25, 120
-# A piece whose replica died before sending any audio is sent again this often, after a pause
-# in which Serve's routers learn that the replica is gone.
-REPLICA_RETRIES, REPLICA_RETRY_S = 2, 0.5
+# A piece whose replica died before sending any audio is sent again this often, after pauses
+# (doubling from REPLICA_RETRY_S) in which Serve's routers learn that the replica is gone: on a
+# loaded machine that takes more than a second.
+REPLICA_RETRIES, REPLICA_RETRY_S = 3, 0.5
 
 
 class PieceTimedOut(Exception):
@@ -129,7 +130,7 @@ class InFlightWindow:
                 replica_retries -= 1
                 logger.warning("request %s: piece %d lost its replica before any audio (%s); sending it again",
                                self._options.request_id, running.piece.index, type(e).__name__)
-                await asyncio.sleep(REPLICA_RETRY_S)
+                await asyncio.sleep(REPLICA_RETRY_S * 2 ** (REPLICA_RETRIES - replica_retries - 1))
             except (Overloaded, PieceTimedOut):
                 self._on_reject("timeout")
                 raise

@@ -28,8 +28,9 @@ SCALE_DOWN_LIMIT_S = 30
 
 @pytest.fixture(scope="module")
 def autoscaling_app(serve_url, release):
+    # Load shedding is not what this tests: on a busy CI machine a first piece may wait past the default.
     app = project_app_config(model_root=str(release.root), weights="local", versions=["v1.0"],
-                             configs={"v1.0": release.configs["v1.0"]})
+                             configs={"v1.0": release.configs["v1.0"]}, start_timeout_s=300)
     model = next(d for d in app["deployments"] if d["name"] == MODEL)
     model["autoscaling_config"] = {
         "min_replicas": 1, "max_replicas": MAX_REPLICAS, "target_ongoing_requests": 1,

@@ -97,6 +97,20 @@ def test_requests_reuse_the_language_pipeline(wrapper):
     assert set(wrapper._pipelines) == {"e"}
 
 
+def test_a_worn_pipeline_is_rebuilt_and_speaks_the_same(wrapper):
+    """The G2P's caches grow with every unseen word: a pipeline is replaced after a bounded number of pieces."""
+    wrapper.pieces_per_pipeline = 3
+    first = wrapper.pipeline("e")
+    def hola() -> np.ndarray:
+        return np.concatenate([chunk.audio for chunk in speak(wrapper, "Hola, amigo.", "ef_dora", seed=5)])
+
+    spoken = [hola(), hola()]  # the first pipeline's uses 2 and 3
+    rebuilt = wrapper.pipeline("e")
+    assert rebuilt is not first and set(wrapper._pipelines) == {"e"}
+    assert wrapper.pipeline("e") is rebuilt  # uses 1 and 2 of the new one
+    assert np.array_equal(hola(), spoken[0]) and np.array_equal(*spoken)
+
+
 def test_bad_lang_code_lists_the_valid_codes(wrapper):
     with pytest.raises(InvalidRequest) as error:
         speak(wrapper, "Hello.", "af_heart", lang_code="xx")

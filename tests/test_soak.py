@@ -1,7 +1,7 @@
 """The soak benchmark's arithmetic and request mix (bench/soak.py); the run itself is a benchmark."""
 import random
 
-from bench.soak import FORMATS, GROWTH_LIMIT, VOICES, Soak, growth, request_body
+from bench.soak import FORMATS, GROWTH_LIMIT, VOICES, Soak, growth, idle_growth, request_body
 
 
 def soak_of(series: dict[int, list[int]], warmup_samples: int = 0) -> Soak:
@@ -32,3 +32,10 @@ def test_the_mix_covers_formats_and_voices_and_some_clients_leave():
     assert {body["voice"] for body, _ in plan} == set(VOICES)
     assert 10 < sum(leave for _, leave in plan) < 100
     assert len({body["input"] for body, _ in plan}) > 200  # made-up words: the G2P keeps meeting new ones
+
+
+def test_idle_growth_compares_each_surviving_replica_idle_after_warm_up_and_at_the_end():
+    soak = Soak(idle_after_warmup={1: 1000, 2: 1000, 3: 900}, idle_at_end={1: 1040, 2: 1100, 4: 700})
+    growth_by_pid = idle_growth(soak)
+    assert set(growth_by_pid) == {1, 2}  # 3 was replaced, 4 is its replacement: neither is judged
+    assert growth_by_pid[1] < GROWTH_LIMIT < growth_by_pid[2]
