@@ -77,8 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, help="the started service's batch size (1: no batching; "
                         "default: as the config says)")
     parser.add_argument("--replicas", type=int, help="the started service's model replicas (default: as configured)")
-    parser.add_argument("--replica-cpus", type=float, help="CPUs (torch threads) per model replica (default: as "
+    parser.add_argument("--replica-cpus", type=float, help="CPUs Ray assigns each model replica (default: as "
                         "configured)")
+    parser.add_argument("--cpu-threads", type=lambda v: v if v == "node" else int(v),
+                        help="torch threads per model replica, a count or `node` (default: as configured)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per request (default 600)")
     parser.add_argument("--poll-interval", type=float, default=0.5,
                         help="seconds between polls of /health and /v1/models during scenarios")
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.start_service:  # set up (and fail) before the long in-process part
         log = Path(tempfile.gettempdir()) / f"bench-serve-{os.getpid()}.log"
         config = with_model_settings(config_for_versions(args.serve_config, args.serve_versions),
-                                     args.max_batch_size, args.replicas, args.replica_cpus)
+                                     args.max_batch_size, args.replicas, args.replica_cpus, args.cpu_threads)
         serve = ServeProcess(config, args.url, log)
         endpoint += (f", started by the benchmark: {args.serve_config}, "
                      f"versions {', '.join(args.serve_versions)}, dummy weights")

@@ -35,8 +35,8 @@ def config_for_versions(config_path: str, versions: list[str]) -> dict:
 
 
 def with_model_settings(config: dict, max_batch_size: int | None = None, replicas: int | None = None,
-                        cpus: float | None = None) -> dict:
-    """The config with the model replicas' batch size, count or CPUs replaced (None: as configured)."""
+                        cpus: float | None = None, cpu_threads: int | str | None = None) -> dict:
+    """The config with the model replicas' batch size, count, CPUs or torch threads replaced (None: as configured)."""
     from serve_app.versions import VERSIONS
 
     models = {version.deployment for version in VERSIONS.values()}
@@ -46,6 +46,8 @@ def with_model_settings(config: dict, max_batch_size: int | None = None, replica
         if max_batch_size is not None:
             batching = app.setdefault("args", {}).setdefault("batching", {})
             batching["max_batch_size"] = max_batch_size
+        if cpu_threads is not None:
+            app.setdefault("args", {})["cpu_threads"] = cpu_threads
         for deployment in app.get("deployments", []):
             if deployment["name"] not in models:
                 continue

@@ -3,7 +3,7 @@
 Torch-free: `serve_app.first_run` and the ingress import it.
 """
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 import os
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -74,6 +74,15 @@ class BatchPolicy(BaseModel):
         return self.model_copy(update={"max_batch_size": default})
 
 
+# torch threads of a CPU model replica: a count, "node" (every CPU Ray counts on the replica's node:
+# a pod's CPU limit under KubeRay), or None (the CPUs Ray assigned the replica).
+CpuThreads = Annotated[int, Field(ge=1)] | Literal["node"] | None
+CPU_THREADS_DOC = (
+    "torch threads of each CPU model replica. Unset: the CPUs Ray assigned it (num_cpus). `node` or a count "
+    "above num_cpus lets a lone request use cores its replica was not assigned: when every replica is busy "
+    "they share the cores, which on a 2-core machine cost no throughput (docs/benchmarks.md).")
+
+
 class ModelSettings(BaseModel):
     """What a model replica needs to load its version."""
 
@@ -83,6 +92,7 @@ class ModelSettings(BaseModel):
     config_path: str | None = Field(None, description="A config.json to use instead of the packaged one.")
     batching: BatchPolicy = Field(default_factory=BatchPolicy, description="Batching across requests.")
     lexicon_path: str | None = Field(None, description="A custom lexicon (word -> phonemes) for this version.")
+    cpu_threads: CpuThreads = Field(None, description=CPU_THREADS_DOC)
 
 
 class AppArgs(IngressConfig):
@@ -100,6 +110,7 @@ class AppArgs(IngressConfig):
         "How every model replica batches pieces across requests."))
     lexicons: dict[str, str] = Field(default_factory=dict, description=(
         "Per-version custom lexicon: a JSON or YAML file mapping words to phonemes of that version."))
+    cpu_threads: CpuThreads = Field(None, description=CPU_THREADS_DOC)
 
     def ingress_config(self) -> IngressConfig:
         return IngressConfig(**self.model_dump(include=set(IngressConfig.model_fields)))
@@ -107,7 +118,7 @@ class AppArgs(IngressConfig):
     def model_settings(self, version: str) -> ModelSettings:
         return ModelSettings(version=version, weights=self.weights, model_root=self.model_root,
                              config_path=self.configs.get(version), batching=self.batching,
-                             lexicon_path=self.lexicons.get(version))
+                             lexicon_path=self.lexicons.get(version), cpu_threads=self.cpu_threads)
 
 
 def resolve_args(args: dict) -> AppArgs:

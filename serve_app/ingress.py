@@ -148,7 +148,7 @@ class SpeechIngress:
     @app.websocket("/v1/audio/speech/live")
     async def live_speech(self, websocket: WebSocket) -> None:
         """Text deltas in, audio as each piece is ready out (serve_app.live_speech); AccessMiddleware checks the key."""
-        await serve_live_speech(websocket, self.models, self._voice_names, self.config)
+        await serve_live_speech(websocket, self.models, self._ask_once, self.config, self.metrics)
 
     @app.post("/v1/audio/phonemize", responses=SPEECH_ERRORS)
     async def phonemize(self, body: SpeechRequest) -> dict:

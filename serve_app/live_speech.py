@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, replace
+from functools import partial
 import asyncio
 import json
 import secrets
@@ -25,21 +26,25 @@ from ray.serve.handle import DeploymentHandle
 
 from .audio_encoding import AudioEncoder, make_encoder
 from .config import IngressConfig
-from .errors import InputTooLong, InvalidRequest, Overloaded, ServiceError
+from .errors import InputTooLong, InvalidRequest, ServiceError
+from .first_audio import interrupted
 from .http_errors import as_service_error
 from .live_protocol import Ack, Cancel, Close, Flush, Start, Text, audio_message, error_message, parse_message
 from .live_text import LiveText
 from .logs import get_logger
-from .piece_scheduling import PIECE_RETRY_DEADLINE_S, PIECE_RETRY_S, InFlightWindow, Limits
+from .metrics import IngressMetrics
+from .piece_scheduling import InFlightWindow, Limits
+from .pronunciation import check_inline
 from .protocol import SAMPLE_RATE, AudioChunk, SynthesisOptions
 from .response_bodies import timed_words
-from .speech_validation import resolve_version, synthesis_options
+from .speech_validation import budgeted_pieces, resolve_version, synthesis_options
+from .text_normalise import normalise_text
 from .versions import ModelVersion
 
 logger = get_logger()
 
-# The voices a version's replicas hold (the ingress asks them once).
-VoiceNames = Callable[[ModelVersion], Awaitable[list[str]]]
+# A fact a version's replicas hold, `voices` or `vocab` (the ingress asks them once).
+ReplicaFacts = Callable[[ModelVersion, str], Awaitable[list[str]]]
 
 
 @dataclass
@@ -126,12 +131,23 @@ class Speaker:
                 self._asked.task_done()
 
 
+@dataclass(frozen=True)
+class LiveJob:
+    """A connection's checked `start`: what every piece of it is spoken with."""
+
+    version: ModelVersion
+    options: SynthesisOptions
+    fmt: str
+    vocab: list[str]  # the symbols inline pronunciations may use
+
+
 class LiveSession:
     """One live connection, after `start`: its messages, utterances and audio."""
 
-    def __init__(self, websocket: WebSocket, model: DeploymentHandle, options: SynthesisOptions, fmt: str,
-                 config: IngressConfig):
-        self._ws, self._model, self._options, self._fmt, self._config = websocket, model, options, fmt, config
+    def __init__(self, websocket: WebSocket, model: DeploymentHandle, job: LiveJob, config: IngressConfig,
+                 metrics: IngressMetrics):
+        self._ws, self._model, self._config, self._metrics = websocket, model, config, metrics
+        self._version, self._options, self._fmt, self._vocab = job.version.name, job.options, job.fmt, job.vocab
         self._credit = AudioCredit(config.live_unacked_audio_s)
         self._utterance = 0
         self._text = self._new_text()
@@ -203,6 +219,7 @@ class LiveSession:
 
     async def _take_text(self, text: str) -> None:
         self._last_text = time.monotonic()
+        text = normalise_text(text)  # as a request's input is; a delta's boundaries stay where they were
         held = len(self._text.pending) + self._speaker.unspoken_chars
         if held + len(text) > self._config.max_input_chars:
             await self.send(error_message(InputTooLong(
@@ -214,7 +231,8 @@ class LiveSession:
 
     def _ask(self, pieces: list[str]) -> None:
         first = self._text.pieces - len(pieces)
-        for index, piece in enumerate(pieces, first):
+        limits = (self._config.first_piece_chars if first == 0 else self._config.piece_chars, self._config.piece_chars)
+        for index, piece in enumerate(budgeted_pieces(pieces, *limits), first):
             self._speaker.ask(Spoken(self._utterance, index, piece))
 
     def _end_utterance(self) -> None:
@@ -234,24 +252,29 @@ class LiveSession:
         self._utterance, self._text, self._encoder = self._utterance + begun, self._new_text(), None
 
     async def synthesise(self, item: Spoken) -> None:
-        """One piece's audio into its queue; a later piece that finds the replicas busy waits for room."""
-        deadline = time.monotonic() + PIECE_RETRY_DEADLINE_S
-        while True:
-            window = InFlightWindow(self._model, [item.text], self._options, 1,
-                                    Limits(self._config.start_timeout_s, self._config.piece_timeout_s))
-            try:
-                async with aclosing(window.chunks()) as chunks:  # closing it cancels the call
-                    async for chunk in chunks:
-                        await item.audio.put(chunk)
-                await item.audio.put(None)
-                return
-            except Exception as e:
-                error = as_service_error(e)
-                # Saturated replicas turn a piece away before any of its audio: a later one waits for room.
-                if not isinstance(error, Overloaded) or item.index == 0 or time.monotonic() > deadline:
-                    await item.audio.put(error)
-                    return
-                await asyncio.sleep(PIECE_RETRY_S)
+        """One piece's audio into its queue, or the error that ended it."""
+        window = InFlightWindow(self._model, [item.text], self._options, 1,
+                                Limits(self._config.start_timeout_s, self._config.piece_timeout_s),
+                                on_reject=partial(self._metrics.reject, self._version), first_index=item.index)
+        started = time.perf_counter()
+        try:
+            check_inline(item.text, self._vocab, self._version)
+            async with aclosing(window.chunks()) as chunks:  # closing it cancels the call
+                async for chunk in chunks:
+                    if started is not None and item.index == 0:
+                        self._metrics.first_audio.observe(time.perf_counter() - started,
+                                                          tags={"version": self._version})
+                    started = None
+                    await item.audio.put(chunk)
+            await item.audio.put(None)
+        except InvalidRequest as e:
+            await item.audio.put(e)
+        except Exception as e:  # after an utterance's first piece its audio has begun: a cut, as over HTTP
+            if item.index == 0:
+                await item.audio.put(as_service_error(e))
+            else:
+                self._metrics.interrupt(self._version)
+                await item.audio.put(interrupted(e))
 
     async def speak(self, item: Spoken) -> None:
         """Send one item's audio, in order: a piece's chunks, or the end of its utterance."""
@@ -280,31 +303,40 @@ class LiveSession:
         await self.send(audio_message(utterance, seq, data, words))
 
 
-async def serve_live_speech(websocket: WebSocket, models: dict[str, DeploymentHandle], voice_names: VoiceNames,
-                            config: IngressConfig) -> None:
-    """The WebSocket route: accept, read `start`, answer `ready`, then run the session."""
+async def _live_job(raw: str | None, models: dict[str, DeploymentHandle], facts: ReplicaFacts) -> LiveJob:
+    start = parse_message(raw)
+    if not isinstance(start, Start):
+        raise InvalidRequest("the first message must be `start`", param="type", code="invalid_message")
+    version = resolve_version(start.model, models)
+    options = synthesis_options(version, await facts(version, "voices"), start.voice, start.lang_code, start.speed,
+                                start.seed)
+    return LiveJob(version, replace(options, request_id=f"live-{secrets.token_hex(4)}"), start.response_format,
+                   await facts(version, "vocab"))
+
+
+async def serve_live_speech(websocket: WebSocket, models: dict[str, DeploymentHandle], facts: ReplicaFacts,
+                            config: IngressConfig, metrics: IngressMetrics) -> None:
+    """The WebSocket route: accept, read `start`, answer `ready`, then run the session.
+
+    Counted in `kokoro_requests` as status 101 (the connection switched to speech) or the
+    status of the error that refused its `start`."""
     await websocket.accept()
     first = await websocket.receive()
     if first["type"] == "websocket.disconnect":
         return
     try:
-        start = parse_message(first.get("text"))
-        if not isinstance(start, Start):
-            raise InvalidRequest("the first message must be `start`", param="type", code="invalid_message")
-        version = resolve_version(start.model, models)
-        options = synthesis_options(version, await voice_names(version), start.voice, start.lang_code, start.speed,
-                                    start.seed)
+        job = await _live_job(first.get("text"), models, facts)
     except ServiceError as e:
         await websocket.send_text(json.dumps(error_message(e)))
         await websocket.close(1008)
         return
-    options = replace(options, request_id=f"live-{secrets.token_hex(4)}")
-    logger.info("live speech %s: voice=%s format=%s", options.request_id, options.voice, start.response_format)
+    metrics.request(job.version.name, job.fmt, 101)
+    logger.info("live speech %s: voice=%s format=%s", job.options.request_id, job.options.voice, job.fmt)
     await websocket.send_text(json.dumps({
-        "type": "ready", "model": start.model, "voice": str(options.voice), "response_format": start.response_format,
+        "type": "ready", "model": job.version.name, "voice": str(job.options.voice), "response_format": job.fmt,
         "sample_rate": SAMPLE_RATE, "ack_window_s": config.live_unacked_audio_s}))
-    session = LiveSession(websocket, models[version.name], options, start.response_format, config)
+    session = LiveSession(websocket, models[job.version.name], job, config, metrics)
     try:
         await session.run()
     finally:
-        logger.info("live speech %s: ended after %d utterances", options.request_id, session.utterances)
+        logger.info("live speech %s: ended after %d utterances", job.options.request_id, session.utterances)

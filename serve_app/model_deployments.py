@@ -8,7 +8,7 @@ from ray import serve
 import ray
 import torch
 
-from .config import BatchPolicy, ModelSettings
+from .config import BatchPolicy, CpuThreads, ModelSettings
 from .dummy_weights import make_dummy_model
 from .errors import ModelFileError, ServiceError
 from .kokoro_v0_19 import KokoroV019Wrapper
@@ -33,10 +33,16 @@ def load_config(version: ModelVersion, config_path: str | None) -> dict:
         raise ModelFileError(f"model config {config_path} for {version.name} cannot be read: {e}") from e
 
 
-def use_assigned_cpus() -> None:
-    # torch defaults to every core of the node; a replica should use the CPUs Ray gave it.
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, round(cpus)))
+def set_cpu_threads(threads: CpuThreads) -> None:
+    """torch's threads for this replica (ModelSettings.cpu_threads). torch's own default, every core
+    of the machine, ignores both Ray's assignment and a pod's CPU limit."""
+    context = ray.get_runtime_context()
+    if threads is None:
+        threads = round(context.get_assigned_resources().get("CPU", 1))
+    elif threads == "node":
+        node = next(n for n in ray.nodes() if n["NodeID"] == context.get_node_id())
+        threads = round(node["Resources"].get("CPU", 1))
+    torch.set_num_threads(max(1, threads))
 
 
 class ModelReplica:
@@ -44,7 +50,7 @@ class ModelReplica:
     version: ModelVersion
 
     def __init__(self, settings: ModelSettings):
-        use_assigned_cpus()
+        set_cpu_threads(settings.cpu_threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         config = load_config(self.version, settings.config_path)
         if settings.weights == "dummy":
@@ -93,8 +99,9 @@ class ModelReplica:
         self._metrics.batch_done(size, seconds, audio_s, waiting)
 
     def stats(self) -> dict:
-        """Audio chunks made, calls cancelled and batches run by size (what tests and operators watch)."""
-        return {**self._counts, "batches": dict(self.engine.model_thread.batch_sizes)}
+        """Chunks made, calls cancelled, batches run by size, torch threads (what tests and operators watch)."""
+        return {**self._counts, "batches": dict(self.engine.model_thread.batch_sizes),
+                "torch_threads": torch.get_num_threads()}
 
     def voices(self) -> list[str]:
         return self.engine.voices.names()

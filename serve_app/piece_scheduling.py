@@ -75,14 +75,17 @@ class InFlightWindow:
     """The model calls of one request: at most `size` running, their audio yielded in order.
 
     `on_reject(reason)` hears of every call turned away (full queue, timeout, replica gone).
+    `first_index` is the first piece's place in its stream: a live session sends each piece on
+    its own, and only the piece that opens an utterance is treated as the stream's start.
     """
 
     def __init__(self, model: DeploymentHandle, pieces: list[str], options: SynthesisOptions, size: int,
-                 limits: Limits = Limits(), on_reject: Callable[[str], None] = lambda reason: None):
+                 limits: Limits = Limits(), on_reject: Callable[[str], None] = lambda reason: None,
+                 first_index: int = 0):
         self._model, self._options, self._size = model, options, size
         self._limits, self._on_reject = limits, on_reject
         dues = due_times(pieces, time.time(), options.speed)
-        self._waiting = deque(Piece(i, text, due) for i, (text, due) in enumerate(zip(pieces, dues)))
+        self._waiting = deque(Piece(i, text, due) for i, (text, due) in enumerate(zip(pieces, dues), first_index))
         self._running: deque[RunningPiece] = deque()
 
     def _call(self, piece: Piece) -> DeploymentResponseGenerator:

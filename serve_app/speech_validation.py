@@ -88,7 +88,11 @@ def text_pieces(text: str, config: IngressConfig) -> list[str]:
     if not is_speakable(text):
         raise InvalidRequest("input has no text to speak (letters, digits or symbols)", param="input",
                              code="empty_input")
-    pieces = split_text(text, config.first_piece_chars, config.piece_chars)
+    return budgeted_pieces(split_text(text, config.first_piece_chars, config.piece_chars),
+                           config.first_piece_chars, config.piece_chars)
+
+
+def budgeted_pieces(pieces: list[str], first_piece_chars: int, piece_chars: int) -> list[str]:
+    """Pieces cut again by what they expand to, the first to `first_piece_chars`, the rest to `piece_chars`."""
     # A piece's budget of estimated phonemes is its character limit: plain text is about one a character.
-    return within_budget(pieces, config.first_piece_chars, config.piece_chars,
-                         lambda piece, chars: split_text(piece, chars, chars))
+    return within_budget(pieces, first_piece_chars, piece_chars, lambda piece, chars: split_text(piece, chars, chars))

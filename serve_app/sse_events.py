@@ -3,7 +3,8 @@
 Each event is one `data: {json}` line and a blank line, as OpenAI's OpenAPI description gives
 them: `speech.audio.delta` with base64 of the encoded audio bytes (in `response_format`; the
 deltas joined are the same file the plain response sends), then one `speech.audio.done` with
-the usage. This service counts usage exactly, in the model's own units:
+the usage. A failure after the first audio ends the stream with an `error` event instead of
+the done event. This service counts usage exactly, in the model's own units:
 
 - `input_tokens`: the phoneme tokens the model read (pads not counted), what
   `POST /v1/audio/phonemize` lists for the same text;
@@ -15,6 +16,7 @@ from typing import AsyncIterator
 import base64
 import json
 
+from .errors import ServiceError
 from .protocol import AudioChunk
 from .response_bodies import encoded_audio
 
@@ -47,9 +49,14 @@ def event(fields: dict) -> bytes:
 async def speech_events(chunks: AsyncIterator[AudioChunk], fmt: str) -> AsyncIterator[bytes]:
     """The SSE body: a delta per piece of encoded audio (none empty), then the done event."""
     usage = Usage()
-    async for data in encoded_audio(usage.counted(chunks), fmt):
-        if data:
-            yield event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
-    # An error after the first audio ends the stream here without a done event: OpenAI's
-    # description has no error event for speech (a place for one, should it get one).
+    try:
+        async for data in encoded_audio(usage.counted(chunks), fmt):
+            if data:
+                yield event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+    except ServiceError as e:
+        # Failed after its first audio (serve_app.first_audio). OpenAI's description has no error
+        # event for speech; this is the `error` event of its other streams, which the `openai`
+        # client raises as an APIError. No done event follows.
+        yield event({"type": "error", **e.body()})
+        return
     yield event({"type": "speech.audio.done", "usage": usage.body()})

@@ -86,7 +86,8 @@ def project_app_config(**args) -> dict:
     """serve_config.yaml's application, with its args replaced: tests run the shipped deployment settings."""
     config = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     app = copy.deepcopy(config["applications"][0])
-    app["args"] = {**app["args"], **args}
+    # The session's Ray counts 8 CPUs on a 2-core machine: `node` threads would oversubscribe it 4 times.
+    app["args"] = {**app["args"], "cpu_threads": None, **args}
     versions = app["args"]["versions"]
     from serve_app.versions import VERSIONS
 

@@ -192,16 +192,17 @@ def test_started_service_config_keeps_only_the_measured_version():
         config_for_versions(str(REPO_ROOT / "serve_config.yaml"), ["v1.0", "v9"])
 
 
-def test_model_settings_override_batching_replicas_and_cpus_of_the_models_only():
+def test_model_settings_override_batching_replicas_cpus_and_threads_of_the_models_only():
     from bench.service import config_for_versions, with_model_settings
     from serve_app.config import resolve_args
     from serve_app.config_check import validate_serve_config
 
     config = with_model_settings(config_for_versions(str(REPO_ROOT / "serve_config.yaml"), ["v1.0"]),
-                                 max_batch_size=4, replicas=1, cpus=2)
+                                 max_batch_size=4, replicas=1, cpus=2, cpu_threads=1)
     validate_serve_config(config)
     app = config["applications"][0]
     assert resolve_args(app["args"]).batching.max_batch_size == 4
+    assert resolve_args(app["args"]).cpu_threads == 1
     models = {d["name"]: d for d in app["deployments"]}
     assert models["KokoroV1Model"]["num_replicas"] == 1 and "autoscaling_config" not in models["KokoroV1Model"]
     assert models["KokoroV1Model"]["ray_actor_options"]["num_cpus"] == 2

@@ -15,6 +15,7 @@ import threading
 import time
 
 from ray import cloudpickle, serve
+from websockets.asyncio.client import connect
 import httpx
 import numpy as np
 import pytest
@@ -167,6 +168,18 @@ def test_a_replica_dying_after_sending_audio_ends_the_captioned_stream_with_an_e
     assert not any(line.get("done") for line in lines)
 
 
+def test_a_replica_dying_after_sending_audio_ends_the_sse_stream_with_an_error_event(fake):
+    url, cues = fake
+    (cues / "DIEAFTER").touch()
+    response = speak(url, three_pieces("DIEAFTER"), stream_format="sse")
+    assert response.status_code == 200
+    events = [json.loads(line.removeprefix("data: ")) for line in response.text.splitlines() if line]
+    assert events[0]["type"] == "speech.audio.delta" and base64.b64decode(events[0]["audio"])
+    assert events[-1] == {"type": "error", "error": {"message": INTERRUPTED, "type": "server_error", "param": None,
+                                                     "code": "stream_interrupted"}}
+    assert not any(e["type"] == "speech.audio.done" for e in events)
+
+
 def test_a_request_that_cannot_start_in_time_is_shed_with_503(fake):
     url, _ = fake
     started = time.monotonic()
@@ -182,6 +195,31 @@ def test_a_later_piece_too_slow_ends_the_stream_instead_of_hanging(fake):
     response = speak(url, three_pieces("STALL"), path="/v1/audio/speech/captioned")
     assert time.monotonic() - started < 30
     assert json.loads(response.text.splitlines()[-1])["error"]["code"] == "stream_interrupted"
+
+
+async def live_messages(url: str, text: str) -> list[dict]:
+    """The live route's messages for one flushed utterance, until its end or its error."""
+    async with connect(url.replace("http://", "ws://") + "/v1/audio/speech/live", open_timeout=60) as ws:
+        await ws.send(json.dumps({"type": "start", "voice": "ef_dora", "response_format": "pcm"}))
+        assert json.loads(await ws.recv())["type"] == "ready"
+        await ws.send(json.dumps({"type": "text", "text": text}))
+        await ws.send(json.dumps({"type": "flush"}))
+        messages = []
+        while not messages or messages[-1]["type"] not in ("error", "utterance.done"):
+            messages.append(json.loads(await asyncio.wait_for(ws.recv(), STREAM_BOUND_S)))
+            if messages[-1]["type"] == "audio":
+                await ws.send(json.dumps({"type": "ack", "seq": messages[-1]["seq"]}))
+        return messages
+
+
+@pytest.mark.parametrize("where, code", [(0, "overloaded"), (1, "stream_interrupted")])
+def test_a_live_piece_too_slow_ends_its_utterance_with_an_error_within_the_bound(fake, where, code):
+    url, _ = fake
+    started = time.monotonic()
+    messages = asyncio.run(live_messages(url, three_pieces("STALL", where)))
+    assert time.monotonic() - started < 30  # the fake's bounds (3 s each), not its 60 s stall
+    assert [m["type"] for m in messages] == ["audio"] * where + ["error"]
+    assert messages[-1]["error"]["code"] == code and messages[-1]["utterance"] == 0
 
 
 def test_health_reports_the_fake_version_ready(fake):

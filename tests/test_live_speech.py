@@ -11,10 +11,12 @@ import httpx
 import numpy as np
 import pytest
 
+from serve_app.config import IngressConfig
 from serve_app.errors import InvalidRequest
 from serve_app.live_protocol import parse_message
 from serve_app.live_speech import AudioCredit
 from serve_app.live_text import LiveText
+from serve_app.speech_validation import text_pieces
 from serve_app.text_pieces import split_text
 from serve_app.versions import V1_0
 
@@ -229,6 +231,35 @@ def test_utterances_fed_live_sound_as_the_same_text_in_one_request(live_url):
         live, whole = listener.pcm(utterance), one_request_pcm(live_url, text, seed=7)
         assert len(live) == len(whole) > 0
         assert np.abs(live - whole).max() <= 1
+
+
+def test_live_text_is_checked_as_a_request_is(live_url):
+    digits = "1" * 90 + "."  # 90 characters, one piece, but ~900 phonemes: cut by what it expands to
+    budgeted = text_pieces(digits, IngressConfig(max_input_chars=MAX_CHARS))
+    assert len(budgeted) >= 4
+
+    async def talk():
+        ws, listener = await opened(live_url, seed=7)
+        async with ws:
+            await send(ws, "text", text="Say [this](/ðˈɪ7/) now.")  # 7 is no phoneme of the model
+            await send(ws, "flush")
+            await listener.until("error")
+            for delta in ["Hel\u200blo", " wor\x07ld", "."]:  # a zero-width space and a bell
+                await send(ws, "text", text=delta)
+            await send(ws, "flush")
+            await listener.until("utterance.done")
+            before = await model_stats()
+            await send(ws, "text", text=digits)
+            await send(ws, "flush")
+            await listener.until("utterance.done", count=2)
+            return listener, (await model_stats())["chunks"] - before["chunks"]
+    listener, made = asyncio.run(talk())
+    error = next(m for m in listener.messages if m["type"] == "error")
+    assert error["error"]["code"] == "invalid_phonemes" and error["utterance"] == 0
+    assert not any(m["type"] == "audio" and m["utterance"] == 0 for m in listener.messages)
+    live, whole = listener.pcm(1), one_request_pcm(live_url, "Hello world.", seed=7)
+    assert len(live) == len(whole) > 0 and np.abs(live - whole).max() <= 1
+    assert made >= len(budgeted)
 
 
 def test_cancel_stops_the_work_in_flight_and_the_connection_goes_on(live_url):

@@ -1,9 +1,12 @@
 """Observability: the app's Prometheus metrics on Ray's real export port, request ids, /health."""
 from pathlib import Path
+import asyncio
+import json
 import re
 import time
 
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
 import httpx
 import pytest
 import ray
@@ -50,11 +53,22 @@ WANTED = {  # (exported name, labels) -> at least this much, after the requests 
     ("ray_kokoro_requests_total", (("version", "v1.0"), ("format", "pcm"), ("status", "200"))): 2,
     ("ray_kokoro_requests_total", (("version", "v1.0"), ("format", "wav"), ("status", "200"))): 1,
     ("ray_kokoro_requests_total", (("version", "v1.0"), ("status", "400"))): 1,
-    ("ray_kokoro_time_to_first_audio_seconds_count", (("version", "v1.0"),)): 3,
+    ("ray_kokoro_requests_total", (("version", "v1.0"), ("format", "pcm"), ("status", "101"))): 1,  # live
+    ("ray_kokoro_time_to_first_audio_seconds_count", (("version", "v1.0"),)): 4,
     ("ray_kokoro_audio_seconds_total", (("version", "v1.0"),)): 0.5,
     ("ray_kokoro_real_time_factor_count", (("version", "v1.0"),)): 3,
     ("ray_kokoro_batch_size_count", (("version", "v1.0"),)): 3,
 }
+
+
+async def speak_live(url: str) -> None:
+    """One live connection that speaks one utterance: its first audio is timed too."""
+    async with connect(url.replace("http://", "ws://") + "/v1/audio/speech/live", open_timeout=60) as ws:
+        await ws.send(json.dumps({"type": "start", "voice": "ef_dora", "response_format": "pcm"}))
+        await ws.send(json.dumps({"type": "text", "text": SENTENCE}))
+        await ws.send(json.dumps({"type": "flush"}))
+        while json.loads(await asyncio.wait_for(ws.recv(), 120))["type"] != "utterance.done":
+            pass
 
 
 def test_metrics_move_on_rays_export_port(service):
@@ -63,6 +77,7 @@ def test_metrics_move_on_rays_export_port(service):
     assert speak(service).status_code == 200
     assert speak(service, response_format="wav").status_code == 200
     assert speak(service, voice="nobody").status_code == 400  # counted with its version, format and status
+    asyncio.run(speak_live(service))
     deadline = time.monotonic() + EXPORT_DEADLINE_S
     while True:
         now = scrape()

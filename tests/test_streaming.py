@@ -92,6 +92,13 @@ def test_batched_requests_sound_as_they_do_alone(serve_url, release):
         assert np.abs(batched - alone).max() <= 1  # float rounding of batched kernels, at most one int16 step
 
 
+def test_cpu_threads_from_the_config_set_the_replicas_torch_threads(serve_url, release):
+    # The session's Ray counts 8 CPUs (conftest); a model replica is assigned 1 of them.
+    for cpu_threads, expected in [(None, 1), (3, 3), ("node", 8)]:
+        deploy(v1_app(release, num_replicas=1, app_args={"cpu_threads": cpu_threads}))
+        assert model_stats()["torch_threads"] == expected, cpu_threads
+
+
 def test_chunk_limits_from_the_config_decide_the_model_calls(serve_url, release):
     deploy(v1_app(release, num_replicas=1, app_args={"first_piece_chars": 40, "piece_chars": 60}))
     pieces = split_text(LONG_TEXT, 40, 60)
