@@ -59,8 +59,16 @@ class Soak:
     samples: list[tuple[float, int, dict[int, int]]] = field(default_factory=list)
     done: int = 0
     started: float = field(default_factory=time.perf_counter)
-    idle_after_warmup: dict[int, int] = field(default_factory=dict)  # rss by pid, no request in flight
-    idle_at_end: dict[int, int] = field(default_factory=dict)
+    idle: list[dict[int, int]] = field(default_factory=list)  # rss by pid, no request in flight: after
+    # the warm-up, after each equal part of the rest, the last at the end
+
+    @property
+    def idle_after_warmup(self) -> dict[int, int]:
+        return self.idle[0] if self.idle else {}
+
+    @property
+    def idle_at_end(self) -> dict[int, int]:
+        return self.idle[-1] if self.idle else {}
 
     def count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
@@ -83,7 +91,8 @@ async def one(http: httpx.AsyncClient, url: str, body: dict, leave_early: bool) 
 
 async def drive(args, rss, soak: Soak, warmup: int) -> None:
     """`args.clients` clients send `args.requests` requests in all, while memory is sampled every second;
-    idle memory is read after the first `warmup` requests and at the end."""
+    idle memory is read after the first `warmup` requests and after each of `args.parts` equal parts of
+    the rest (so a cache that fills up to its bound shows as a rise that levels off)."""
     rng = random.Random(args.seed)
     # Popped from the end: first one request per voice and format, so every language's front end and
     # every encoder exist before the warm-up ends and memory starts to count.
@@ -109,10 +118,10 @@ async def drive(args, rss, soak: Soak, warmup: int) -> None:
             return await asyncio.to_thread(rss)
 
         sampler = asyncio.create_task(sample())
-        await asyncio.gather(*(client_loop(len(plan) - warmup) for _ in range(args.clients)))
-        soak.idle_after_warmup = await idle_rss()
-        await asyncio.gather(*(client_loop(0) for _ in range(args.clients)))
-        soak.idle_at_end = await idle_rss()
+        rest = len(plan) - warmup
+        for until in [rest] + [rest * (args.parts - part) // args.parts for part in range(1, args.parts + 1)]:
+            await asyncio.gather(*(client_loop(until) for _ in range(args.clients)))
+            soak.idle.append(await idle_rss())
         sampler.cancel()
 
 
@@ -145,7 +154,8 @@ def render(args, command: str, info: dict, soak: Soak, wall: float, warmup: int)
     mib = 2**20
     idle = idle_growth(soak)
     rows = [f"| {pid} | " + " | ".join(f"{size / mib:.0f}" for size in sizes) + f" | {g * 100:+.1f}% | "
-            f"{soak.idle_after_warmup[pid] / mib:.0f} | {soak.idle_at_end[pid] / mib:.0f} | {idle[pid] * 100:+.1f}% |"
+            + " / ".join(f"{read[pid] / mib:.0f}" if pid in read else "-" for read in soak.idle)
+            + f" | {idle[pid] * 100:+.1f}% |"
             for pid, (*sizes, g) in sorted(growth(soak, warmup).items()) if pid in idle]
     worst = max(idle.values(), default=None)
     verdict = "n/a" if worst is None else ("PASS" if worst <= GROWTH_LIMIT else "FAIL")
@@ -160,10 +170,11 @@ def render(args, command: str, info: dict, soak: Soak, wall: float, warmup: int)
         f"- Outcomes: {outcomes}", "",
         "RSS of each model replica after the warm-up (MiB): under load, first half / second half of the run, the "
         "floor (10th percentile) and the peak, and the larger of their rises; idle (no request in flight, "
-        f"{IDLE_WAIT_S} s after the last), after the warm-up and at the end, and its rise: the target's measure.", "",
+        f"{IDLE_WAIT_S} s after the last), after the warm-up and after each of {args.parts} equal parts of the "
+        "rest, and its rise from the first reading to the last: the target's measure.", "",
         "| Replica pid | Floor, 1st half | Floor, 2nd half | Peak, 1st half | Peak, 2nd half | Rise under load "
-        "| Idle after warm-up | Idle at end | Idle growth |",
-        "|---|---|---|---|---|---|---|---|---|", *rows, "",
+        "| Idle: after warm-up / ... / at end | Idle growth |",
+        "|---|---|---|---|---|---|---|---|", *rows, "",
         f"Target: idle growth after warm-up within {GROWTH_LIMIT:.0%}: **{verdict}**"
         + ("" if worst is None else f" (worst {worst * 100:+.1f}%)"), ""])
 
@@ -177,6 +188,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=300, help="requests in all (default %(default)s)")
     parser.add_argument("--clients", type=int, default=6, help="concurrent clients (default %(default)s)")
     parser.add_argument("--warmup", type=float, default=0.2, help="share of requests before memory counts")
+    parser.add_argument("--parts", type=int, default=3, help="idle readings after the warm-up (default %(default)s)")
     parser.add_argument("--seed", type=int, default=7, help="the request mix's random seed")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per request")
     parser.add_argument("--start-service", action=argparse.BooleanOptionalAction, default=None,

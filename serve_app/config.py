@@ -79,8 +79,8 @@ class BatchPolicy(BaseModel):
 CpuThreads = Annotated[int, Field(ge=1)] | Literal["node"] | None
 CPU_THREADS_DOC = (
     "torch threads of each CPU model replica. Unset: the CPUs Ray assigned it (num_cpus). `node` or a count "
-    "above num_cpus lets a lone request use cores its replica was not assigned: when every replica is busy "
-    "they share the cores, which on a 2-core machine cost no throughput (docs/benchmarks.md).")
+    "above num_cpus lets a lone request use cores its replica was not assigned; when every replica is busy "
+    "they share the cores, at 2-10% of throughput on a 2-core machine (docs/benchmarks.md).")
 
 
 class ModelSettings(BaseModel):
