@@ -256,15 +256,15 @@ class LiveSession:
         window = InFlightWindow(self._model, [item.text], self._options, 1,
                                 Limits(self._config.start_timeout_s, self._config.piece_timeout_s),
                                 on_reject=partial(self._metrics.reject, self._version), first_index=item.index)
-        started = time.perf_counter()
+        timing_first_audio = time.perf_counter() if item.index == 0 else None  # an utterance's first audio
         try:
             check_inline(item.text, self._vocab, self._version)
             async with aclosing(window.chunks()) as chunks:  # closing it cancels the call
                 async for chunk in chunks:
-                    if started is not None and item.index == 0:
-                        self._metrics.first_audio.observe(time.perf_counter() - started,
+                    if timing_first_audio is not None:
+                        self._metrics.first_audio.observe(time.perf_counter() - timing_first_audio,
                                                           tags={"version": self._version})
-                    started = None
+                        timing_first_audio = None
                     await item.audio.put(chunk)
             await item.audio.put(None)
         except InvalidRequest as e:
