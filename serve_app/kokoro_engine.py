@@ -98,6 +98,7 @@ class KokoroEngine:
         with self.model_thread.stream() as stream:  # leaving it cancels what has not run
             items = [self.item(segment, pack, options) for segment in segments]
             outputs = [stream.submit(item, due, len(item.input_ids)) for item in items]
-            for segment, output in zip(segments, outputs, strict=True):
+            for number, (segment, output) in enumerate(zip(segments, outputs, strict=True), 1):
                 made: SynthesisOutput = await output
-                yield AudioChunk(made.audio.numpy(), self.words(segment, made.pred_dur), len(made.pred_dur) - 2)
+                yield AudioChunk(made.audio.numpy(), self.words(segment, made.pred_dur), len(made.pred_dur) - 2,
+                                 last=number == len(segments))

@@ -6,7 +6,8 @@ before pieces that other clients need only later.
 
 Faults: a piece whose call fails before any of its audio (its replica died or is gone) is sent
 again, and Serve routes it to a live replica; once some of a piece's audio went to the client
-it cannot be sent again (the audio would repeat), and the failure ends the stream. A first
+it cannot be sent again (the audio would repeat), and the failure ends the stream, unless the
+piece's last chunk had come (only the end of its stream was lost: it is complete). A first
 piece that makes no audio within `start_timeout_s` is shed (503: the replicas are too busy to
 start it), a later one within `piece_timeout_s` ends the stream; nothing waits without bound.
 """
@@ -114,11 +115,12 @@ class InFlightWindow:
         running = self._running[0]
         first = running.piece.index == 0
         deadline = time.monotonic() + (self._limits.start_s if first else self._limits.piece_s)
-        saturated_until, replica_retries, sent = time.monotonic() + PIECE_RETRY_DEADLINE_S, REPLICA_RETRIES, False
+        saturated_until, replica_retries = time.monotonic() + PIECE_RETRY_DEADLINE_S, REPLICA_RETRIES
+        sent = whole = False  # some of the piece's audio was yielded / all of it
         while True:
             try:
                 async for chunk in _before(running.call, deadline, first):
-                    sent = True
+                    sent, whole = True, chunk.last
                     yield chunk
                 return
             except BackPressureError:  # raised before the call's first result, so nothing was yielded
@@ -127,6 +129,10 @@ class InFlightWindow:
                     raise
                 await asyncio.sleep(PIECE_RETRY_S)
             except RayActorError as e:
+                if whole:  # only the stream's end was lost with the replica: the piece is complete
+                    logger.info("request %s: piece %d's replica died after its last chunk",
+                                self._options.request_id, running.piece.index)
+                    return
                 self._on_reject("replica_gone")
                 if sent or replica_retries == 0:
                     raise

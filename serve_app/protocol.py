@@ -55,6 +55,7 @@ class AudioChunk:
     audio: np.ndarray                      # float32 mono at SAMPLE_RATE
     words: list[Word] = field(default_factory=list)
     tokens: int = 0                        # phoneme tokens the model read for it, pads not counted
+    last: bool = False                     # the piece's final chunk: the piece is whole once it arrives
 
     @property
     def seconds(self) -> float:

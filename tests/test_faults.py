@@ -2,7 +2,7 @@
 
 Two services in the session's Serve: the real one (2 tiny-model replicas, one of them killed
 with SIGKILL while streams run), and the real ingress in front of a fake model that dies, or
-stalls, on cue (the word DIEBEFORE, DIEAFTER or STALL in a piece), so each path is hit for sure.
+stalls, on cue (the word DIEBEFORE, DIEAFTER, DIEATEND or STALL in a piece), so each path is hit for sure.
 """
 from pathlib import Path
 import asyncio
@@ -72,11 +72,13 @@ class FakeModel:
             await asyncio.sleep(60)
         if self._once("DIEBEFORE", text):
             os._exit(1)
-        yield AudioChunk(np.zeros(2400, np.float32))
-        if "DIEAFTER" in text:
-            await asyncio.sleep(0.5)  # the chunk reaches the ingress and the client first
-            if self._once("DIEAFTER", text):
-                os._exit(1)
+        # One chunk, the piece's last, unless the piece is to die part-way through.
+        yield AudioChunk(np.zeros(2400, np.float32), last="DIEAFTER" not in text)
+        for cue in ("DIEAFTER", "DIEATEND"):
+            if cue in text:
+                await asyncio.sleep(0.5)  # the chunk reaches the ingress and the client first
+                if self._once(cue, text):
+                    os._exit(1)
 
 
 def replica_pids(handle, calls: int = 24) -> set:
@@ -101,11 +103,11 @@ def wait_for_replicas(handle, replicas: int = 2, dead: frozenset = frozenset()) 
 @pytest.fixture(scope="module")
 def fake_app(serve_url, tmp_path_factory):
     cues = tmp_path_factory.mktemp("cues")
-    # One piece in flight: a piece running beside the dying one on its replica could lose the end of
-    # its stream with it after its audio came, and be cut (it cannot be sent twice). Each death here
-    # takes exactly the cued piece. Bounds above the retries' pauses (0.5 + 1 + 2 s), which they include.
+    # Two pieces in flight, as served: a piece beside the dying one on its replica is sent again or,
+    # when its last chunk had come, complete. Bounds above the retries' pauses (0.5 + 1 + 2 s), which
+    # they include.
     config = IngressConfig(first_piece_chars=30, piece_chars=40, start_timeout_s=6, piece_timeout_s=6,
-                           pieces_in_flight=1)
+                           pieces_in_flight=2)
     serve.run(SpeechIngress.bind({"v1.0": FakeModel.bind(str(cues))}, config), name="faults-fake",
               route_prefix=FAKE_PREFIX)
     yield f"{serve_url}{FAKE_PREFIX}", cues
@@ -144,6 +146,15 @@ def test_a_first_piece_whose_replica_died_is_retried_too(fake):
     (cues / "DIEBEFORE").touch()
     response = speak(url, three_pieces("DIEBEFORE", where=0))
     assert response.status_code == 200 and len(response.content) == 3 * 2400 * 2
+
+
+def test_a_replica_dying_after_a_pieces_last_chunk_leaves_the_stream_whole(fake):
+    url, cues = fake
+    (cues / "DIEATEND").touch()
+    response = speak(url, three_pieces("DIEATEND"))  # a cut body would raise here
+    assert response.status_code == 200
+    assert len(response.content) == 3 * 2400 * 2  # every piece's audio, none twice
+    assert not (cues / "DIEATEND").exists()  # the death happened
 
 
 def test_a_replica_dying_after_sending_audio_ends_the_audio_stream_early(fake):

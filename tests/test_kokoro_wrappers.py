@@ -237,6 +237,7 @@ def test_long_text_is_split_by_phonemes_and_fully_spoken(wrapper):
     spoken = [len(c.audio) // SAMPLES_PER_FRAME - 2 for c in chunks]
     assert len(chunks) >= 2 and all(0 < n <= 510 for n in spoken)
     assert sum(spoken) == tokens - (len(chunks) - 1)  # all of it, less the spaces cut at
+    assert [c.last for c in chunks] == [False] * (len(chunks) - 1) + [True]  # the piece is whole at its last
 
 
 def test_forward_stops_between_chunks_when_closed(wrapper):
