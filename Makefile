@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: install serve test test-fast lint fuzz bench bench-pieces bench-soak bench-allocator
+.PHONY: install serve test test-fast lint fuzz bench bench-pieces bench-soak bench-allocator bench-vocoder
 install: $(BIN)/.installed
 
 # The preflight fetches missing weights (or stops, saying how to get them) before Serve starts.
@@ -52,3 +52,7 @@ bench-soak: install
 # What the heap settings in serve_config.yaml and the trim policy cost a CPU replica, in-process.
 bench-allocator: install
 	$(BIN)/python -m bench.allocator --out docs/benchmarks.md
+
+# Where one piece's synthesis spends its time (operators, each convolution's GFLOP/s), in-process.
+bench-vocoder: install
+	$(BIN)/python -m bench.vocoder_profile

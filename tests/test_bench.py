@@ -397,6 +397,46 @@ def test_piece_sizes_measures_every_size_each_round_and_reports_medians():
     assert "| 200 | 1 |" in section and f"| 20 | {results[20][0]['pieces']} |" in section
 
 
+@pytest.mark.parametrize(("operator", "kind"), [
+    ("aten::mkldnn_convolution", "convolution"), ("aten::native_batch_norm", "norm"),
+    ("aten::linalg_vector_norm", "norm"), ("aten::sin_", "elementwise"), ("aten::mul", "elementwise"),
+    ("aten::cumsum", "other"), ("aten::addmm", "other")])
+def test_vocoder_profile_sorts_operators_by_kind(operator, kind):
+    from bench import vocoder_profile
+
+    assert vocoder_profile.kind(operator) == kind
+
+
+@pytest.mark.slow
+def test_vocoder_profile_times_both_syntheses_and_counts_every_convolution(tmp_path):
+    import torch
+
+    from bench import vocoder_profile
+    from serve_app.versions import V1_0
+
+    from tiny_release import tiny_config
+
+    threads = torch.get_num_threads()
+    model, item = vocoder_profile.build(tiny_config(V1_0), threads)
+    with torch.inference_mode():
+        walls, audio_s = vocoder_profile.wall_times(model, item, repeats=2)
+        seconds = vocoder_profile.operator_seconds(model, item)
+        convolutions = vocoder_profile.convolution_speeds(model, item)
+        kokoro_audio, _ = model.forward_with_tokens(item.input_ids[None], item.ref_s, item.speed)
+    assert {name: len(times) for name, times in walls.items()} == {
+        "synthesize_batch": 2, "kokoro forward_with_tokens": 2}
+    assert audio_s == pytest.approx(kokoro_audio.numel() / 24000)  # the same piece, the same durations
+    assert seconds["convolution"] > 0 and all(value >= 0 for value in seconds.values())
+    # Every convolution of the decoder runs once per piece, each counted with its multiply-adds.
+    modules = [m for m in model.decoder.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))]
+    assert sum(calls for calls, _, _ in convolutions.values()) == len(modules)
+    assert all(spent > 0 and flops > 0 for _, spent, flops in convolutions.values())
+    section = vocoder_profile.render("today", "python -m bench.vocoder_profile", {"CPU": "test"}, threads,
+                                     audio_s, walls, seconds, convolutions, ceiling=100.0)
+    assert "| synthesize_batch | 2 |" in section and "| convolution |" in section
+    assert section.count("| Conv") == min(len(convolutions), vocoder_profile.SHOWN_CONVOLUTIONS)
+
+
 @pytest.mark.slow
 def test_gpu_batching_bench_runs_on_the_cpu_without_kokoros_front_end(tmp_path):
     """The GPU benchmark with a tiny model on the CPU, in a process where misaki cannot be imported
