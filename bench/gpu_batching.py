@@ -57,9 +57,7 @@ def build_engine(config: dict | None, device: str, max_batch_size: int, trim_int
     import torch
 
     from serve_app.config import BatchPolicy
-    from serve_app.dummy_weights import make_dummy_model
     from serve_app.kokoro_engine import KokoroEngine, Segment
-    from serve_app.model_loading import fold_weight_norm
     from serve_app.versions import V1_0
     from serve_app.voices import VoiceLibrary
 
@@ -72,10 +70,19 @@ def build_engine(config: dict | None, device: str, max_batch_size: int, trim_int
         def style_row(self, phonemes, token_count):
             return len(phonemes) - 1
 
-    model = fold_weight_norm(make_dummy_model(V1_0, config or V1_0.packaged_config())).to(device)
+    model = replica_model(config, device)
     policy = BatchPolicy(max_batch_size=max_batch_size, trim_interval_s=trim_interval_s)
     torch.manual_seed(0)
     return PhonemeEngine(model, VoiceLibrary(V1_0, None), policy)
+
+
+def replica_model(config: dict | None, device: str = "cpu"):
+    """Dummy v1.0 (full size unless `config`) as a replica holds it: weight norm folded, on `device`."""
+    from serve_app.dummy_weights import make_dummy_model
+    from serve_app.model_loading import fold_weight_norm
+    from serve_app.versions import V1_0
+
+    return fold_weight_norm(make_dummy_model(V1_0, config or V1_0.packaged_config())).to(device)
 
 
 async def speak_for(engine, options, clients: int, seconds: float) -> tuple[list[float], float, float]:

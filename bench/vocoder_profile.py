@@ -26,12 +26,11 @@ from torch.profiler import ProfilerActivity, profile
 import torch
 
 from serve_app.batched_synthesis import SynthesisItem, synthesize_batch
-from serve_app.dummy_weights import dummy_voice_pack, make_dummy_model
-from serve_app.model_loading import fold_weight_norm
+from serve_app.dummy_weights import dummy_voice_pack
 from serve_app.versions import V1_0
 
 from . import report
-from .gpu_batching import PIECE
+from .gpu_batching import PIECE, replica_model
 from .run import shown_command
 from .stats import SAMPLE_RATE
 
@@ -44,7 +43,7 @@ SHOWN_CONVOLUTIONS = 12
 def build(config: dict | None, threads: int):
     """The replica's model (full-size dummy v1.0 unless `config`) and one seeded item of PIECE."""
     torch.set_num_threads(threads)
-    model = fold_weight_norm(make_dummy_model(V1_0, config or V1_0.packaged_config())).eval()
+    model = replica_model(config)
     ids = [model.vocab[p] for p in PIECE if p in model.vocab]
     pack = dummy_voice_pack("af_heart", V1_0)
     return model, SynthesisItem(torch.tensor([0, *ids, 0]), pack[len(ids) - 1], 1.0, seed=0)
