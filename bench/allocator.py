@@ -25,7 +25,7 @@ import sys
 import yaml
 
 from . import report
-from .gpu_batching import build_engine, import_kokoro_network, measure
+from .gpu_batching import PIECE, add_piece_argument, build_engine, import_kokoro_network, measure
 
 SERVE_CONFIG = Path(__file__).resolve().parent.parent / "serve_config.yaml"
 
@@ -51,7 +51,7 @@ def rss_mb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def worker(trim_interval_s: float, seconds: float, config: dict | None) -> dict:
+def worker(trim_interval_s: float, seconds: float, config: dict | None, piece: str) -> dict:
     """One variant, in this process: audio s/s of two callers, peak and idle resident memory."""
     import_kokoro_network()
     import torch
@@ -60,7 +60,7 @@ def worker(trim_interval_s: float, seconds: float, config: dict | None) -> dict:
 
     torch.set_num_threads(os.cpu_count() or 1)
     engine = build_engine(config, "cpu", 1, trim_interval_s)
-    row = measure(engine, 2, seconds)
+    row = measure(engine, 2, seconds, piece)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     release_freed_memory()  # what an idle replica returns
     return {"audio_per_s": row["audio_per_s"], "peak_mb": usage.ru_maxrss / 1024, "idle_mb": rss_mb(),
@@ -68,20 +68,23 @@ def worker(trim_interval_s: float, seconds: float, config: dict | None) -> dict:
             "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
 
 
-def run_variant(env: dict[str, str], trim_interval_s: float, seconds: float, config: Path | None) -> dict:
+def run_variant(env: dict[str, str], trim_interval_s: float, seconds: float, config: Path | None,
+                piece: str) -> dict:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    command = [sys.executable, "-m", "bench.allocator", "--worker", str(trim_interval_s), "--seconds", str(seconds)]
+    command = [sys.executable, "-m", "bench.allocator", "--worker", str(trim_interval_s), "--seconds", str(seconds),
+               "--piece", piece]
     done = subprocess.run(command + (["--config", str(config)] if config else []), env={**clean, **env},
                           capture_output=True, text=True, check=True, cwd=SERVE_CONFIG.parent)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure_variants(rounds: int, seconds: float, trim_interval_s: float, config: Path | None) -> dict[str, list[dict]]:
+def measure_variants(rounds: int, seconds: float, trim_interval_s: float, config: Path | None,
+                     piece: str = PIECE) -> dict[str, list[dict]]:
     """Every variant's rows, the variants taking turns round after round."""
     results: dict[str, list[dict]] = {name: [] for name in variants(trim_interval_s)}
     for _ in range(rounds):
         for name, (env, interval) in variants(trim_interval_s).items():
-            results[name].append(run_variant(env, interval, seconds, config))
+            results[name].append(run_variant(env, interval, seconds, config, piece))
             print(name, json.dumps(results[name][-1]), flush=True)
     return results
 
@@ -105,16 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20, help="measured seconds per turn (default 20)")
     parser.add_argument("--trim-interval", type=float, default=60, help="the policy's trim_interval_s (default 60)")
     parser.add_argument("--config", type=Path, help="a v1.0 config.json (default: the packaged full-size one)")
+    add_piece_argument(parser)
     parser.add_argument("--out", type=Path, help="append the markdown section to this file")
     parser.add_argument("--worker", type=float, help=argparse.SUPPRESS)  # a variant's own process
     args = parser.parse_args(argv)
     if args.worker is not None:
         config = json.loads(args.config.read_text()) if args.config else None
-        print(json.dumps(worker(args.worker, args.seconds, config)))
+        print(json.dumps(worker(args.worker, args.seconds, config, args.piece)))
         return 0
     from datetime import datetime, timezone
 
-    results = measure_variants(args.rounds, args.seconds, args.trim_interval, args.config)
+    results = measure_variants(args.rounds, args.seconds, args.trim_interval, args.config, args.piece)
     command = " ".join(["python -m bench.allocator", *(argv if argv is not None else sys.argv[1:])])
     section = render(results, command, datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     if args.out:

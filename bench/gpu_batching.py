@@ -85,8 +85,9 @@ def replica_model(config: dict | None, device: str = "cpu"):
     return fold_weight_norm(make_dummy_model(V1_0, config or V1_0.packaged_config())).to(device)
 
 
-async def speak_for(engine, options, clients: int, seconds: float) -> tuple[list[float], float, float]:
-    """`clients` callers speaking PIECE back to back for `seconds`: first-audio times, audio s, wall s."""
+async def speak_for(engine, options, clients: int, seconds: float,
+                    piece: str = PIECE) -> tuple[list[float], float, float]:
+    """`clients` callers speaking `piece` back to back for `seconds`: first-audio times, audio s, wall s."""
     firsts, audio = [], 0.0
     stop = time.perf_counter() + seconds
 
@@ -94,7 +95,7 @@ async def speak_for(engine, options, clients: int, seconds: float) -> tuple[list
         nonlocal audio
         while time.perf_counter() < stop:
             started = time.perf_counter()
-            async for chunk in engine.forward(PIECE, options):
+            async for chunk in engine.forward(piece, options):
                 firsts.append(time.perf_counter() - started)
                 audio += chunk.seconds
 
@@ -108,7 +109,7 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
-def measure(engine, clients: int, seconds: float) -> dict:
+def measure(engine, clients: int, seconds: float, piece: str = PIECE) -> dict:
     import torch
 
     from serve_app.protocol import SynthesisOptions, VoiceBlend
@@ -124,11 +125,11 @@ def measure(engine, clients: int, seconds: float) -> dict:
         return results
 
     engine.model_thread._run_batch = timed
-    asyncio.run(speak_for(engine, options, clients, min(seconds, 2.0)))  # warm-up: kernels, allocator
+    asyncio.run(speak_for(engine, options, clients, min(seconds, 2.0), piece))  # warm-up: kernels, allocator
     timings.clear()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    firsts, audio, wall = asyncio.run(speak_for(engine, options, clients, seconds))
+    firsts, audio, wall = asyncio.run(speak_for(engine, options, clients, seconds, piece))
     engine.model_thread._run_batch = run_batch
     return {
         "clients": clients, "max_batch_size": engine.model_thread.policy.max_batch_size,
@@ -154,6 +155,11 @@ def render(rows: list[dict], device: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def add_piece_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--piece", default=PIECE, help="the phonemes each synthesis speaks (default: one "
+                        "sentence, ~8 s of audio; the tests pass a few words)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_batching", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -163,6 +169,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=12, help="measured seconds per pair (default 12)")
     parser.add_argument("--config", type=Path, help="a v1.0 config.json (default: the packaged full-size one)")
     parser.add_argument("--device", help="default cuda if available, else cpu")
+    add_piece_argument(parser)
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--out", type=Path, help="append the markdown section to this file")
     return parser.parse_args(argv)
@@ -179,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.batch_sizes:
         engine = build_engine(config, device, size)
         for clients in args.clients:
-            rows.append(measure(engine, clients, args.seconds))
+            rows.append(measure(engine, clients, args.seconds, args.piece))
             print(json.dumps(rows[-1]), flush=True)
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     section = render(rows, name, " ".join(["python -m bench.gpu_batching", *(argv or sys.argv[1:])]))

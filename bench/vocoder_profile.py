@@ -30,7 +30,7 @@ from serve_app.dummy_weights import dummy_voice_pack
 from serve_app.versions import V1_0
 
 from . import report
-from .gpu_batching import PIECE, replica_model
+from .gpu_batching import PIECE, add_piece_argument, replica_model
 from .run import shown_command
 from .stats import SAMPLE_RATE
 
@@ -40,11 +40,11 @@ KINDS = ("convolution", "norm", "elementwise", "other")
 SHOWN_CONVOLUTIONS = 12
 
 
-def build(config: dict | None, threads: int):
-    """The replica's model (full-size dummy v1.0 unless `config`) and one seeded item of PIECE."""
+def build(config: dict | None, threads: int, piece: str = PIECE):
+    """The replica's model (full-size dummy v1.0 unless `config`) and one seeded item of `piece`."""
     torch.set_num_threads(threads)
     model = replica_model(config)
-    ids = [model.vocab[p] for p in PIECE if p in model.vocab]
+    ids = [model.vocab[p] for p in piece if p in model.vocab]
     pack = dummy_voice_pack("af_heart", V1_0)
     return model, SynthesisItem(torch.tensor([0, *ids, 0]), pack[len(ids) - 1], 1.0, seed=0)
 
@@ -160,6 +160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2: this machine's cores)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (default 3)")
     parser.add_argument("--config", type=Path, help="a v1.0 config.json (default: the packaged full-size one)")
+    add_piece_argument(parser)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to append to")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeats < 1:
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.simplefilter("ignore")
     logging.getLogger("ray.serve").setLevel(logging.ERROR)  # the dummy-weights warning
-    model, item = build(json.loads(args.config.read_text()) if args.config else None, args.threads)
+    model, item = build(json.loads(args.config.read_text()) if args.config else None, args.threads, args.piece)
     with torch.inference_mode():
         walls, audio_s = wall_times(model, item, args.repeats)
         seconds = operator_seconds(model, item)

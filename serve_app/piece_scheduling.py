@@ -116,12 +116,14 @@ class InFlightWindow:
         first = running.piece.index == 0
         deadline = time.monotonic() + (self._limits.start_s if first else self._limits.piece_s)
         saturated_until, replica_retries = time.monotonic() + PIECE_RETRY_DEADLINE_S, REPLICA_RETRIES
-        sent = whole = False  # some of the piece's audio was yielded / all of it
+        sent = False  # some of the piece's audio was yielded
         while True:
             try:
                 async for chunk in _before(running.call, deadline, first):
-                    sent, whole = True, chunk.last
+                    sent = True
                     yield chunk
+                    if chunk.last:  # the piece is whole: what its call does after (close, die, hang) is moot
+                        return
                 return
             except BackPressureError:  # raised before the call's first result, so nothing was yielded
                 self._on_reject("queue_full")
@@ -129,10 +131,6 @@ class InFlightWindow:
                     raise
                 await asyncio.sleep(PIECE_RETRY_S)
             except RayActorError as e:
-                if whole:  # only the stream's end was lost with the replica: the piece is complete
-                    logger.info("request %s: piece %d's replica died after its last chunk",
-                                self._options.request_id, running.piece.index)
-                    return
                 self._on_reject("replica_gone")
                 if sent or replica_retries == 0:
                     raise

@@ -23,6 +23,7 @@ from bench.stats import Measurement, Poll, Sample, batching_targets, evaluate, p
 from conftest import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+FEW_WORDS = "hˈɛloʊ wˈɜɹld."  # the in-process benches' piece in tests: seconds of compute, not tens
 
 # --- maths -----------------------------------------------------------------------------------
 
@@ -417,7 +418,7 @@ def test_vocoder_profile_times_both_syntheses_and_counts_every_convolution(tmp_p
     from tiny_release import tiny_config
 
     threads = torch.get_num_threads()
-    model, item = vocoder_profile.build(tiny_config(V1_0), threads)
+    model, item = vocoder_profile.build(tiny_config(V1_0), threads, FEW_WORDS)
     with torch.inference_mode():
         walls, audio_s = vocoder_profile.wall_times(model, item, repeats=2)
         seconds = vocoder_profile.operator_seconds(model, item)
@@ -451,7 +452,7 @@ def test_gpu_batching_bench_runs_on_the_cpu_without_kokoros_front_end(tmp_path):
     code = ("import sys; sys.modules['misaki'] = None\n"  # None in sys.modules: `import misaki` fails
             "from bench import gpu_batching\n"
             f"sys.exit(gpu_batching.main(['--config', {str(config)!r}, '--clients', '1,3', '--batch-sizes', '1,3',"
-            f" '--seconds', '0.5', '--json', {str(rows)!r}, '--out', {str(out)!r}]))")
+            f" '--seconds', '0.5', '--piece', {FEW_WORDS!r}, '--json', {str(rows)!r}, '--out', {str(out)!r}]))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     table = json.loads(rows.read_text())
@@ -479,7 +480,7 @@ def test_allocator_bench_gives_each_variant_its_own_process_and_malloc_settings(
 
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(tiny_config(V1_0)))
-    results = allocator.measure_variants(rounds=1, seconds=0.3, trim_interval_s=60, config=config)
+    results = allocator.measure_variants(rounds=1, seconds=0.3, trim_interval_s=60, config=config, piece=FEW_WORDS)
     assert len(results) == 4
     for name, (env, _) in allocator.variants(60).items():
         (row,) = results[name]

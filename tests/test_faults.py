@@ -2,7 +2,8 @@
 
 Two services in the session's Serve: the real one (2 tiny-model replicas, one of them killed
 with SIGKILL while streams run), and the real ingress in front of a fake model that dies, or
-stalls, on cue (the word DIEBEFORE, DIEAFTER, DIEATEND or STALL in a piece), so each path is hit for sure.
+stalls, on cue (the word DIEBEFORE, DIEAFTER, DIEATEND, STALL or HANGATEND in a
+piece), so each path is hit for sure.
 """
 from pathlib import Path
 import asyncio
@@ -36,6 +37,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # FakeModel runs in
 SENTENCE = "Esta es una frase de prueba, con algunas palabras más para que dure un poco."
 FAKE_PREFIX = "/fake"
 STREAM_BOUND_S = 120  # every stream ends (complete or with the documented error) within this
+PIECE_TIMEOUT_S = 6  # the fake service's bound on a piece's silence
 KILLED_BOUND_S = 300  # the same with one replica of the real model left, on a loaded 2-core machine
 
 
@@ -79,6 +81,8 @@ class FakeModel:
                 await asyncio.sleep(0.5)  # the chunk reaches the ingress and the client first
                 if self._once(cue, text):
                     os._exit(1)
+        if "HANGATEND" in text:
+            await asyncio.sleep(2 * PIECE_TIMEOUT_S)  # the call never closes within the piece's bound
 
 
 def replica_pids(handle, calls: int = 24) -> set:
@@ -106,7 +110,7 @@ def fake_app(serve_url, tmp_path_factory):
     # Two pieces in flight, as served: a piece beside the dying one on its replica is sent again or,
     # when its last chunk had come, complete. Bounds above the retries' pauses (0.5 + 1 + 2 s), which
     # they include.
-    config = IngressConfig(first_piece_chars=30, piece_chars=40, start_timeout_s=6, piece_timeout_s=6,
+    config = IngressConfig(first_piece_chars=30, piece_chars=40, start_timeout_s=6, piece_timeout_s=PIECE_TIMEOUT_S,
                            pieces_in_flight=2)
     serve.run(SpeechIngress.bind({"v1.0": FakeModel.bind(str(cues))}, config), name="faults-fake",
               route_prefix=FAKE_PREFIX)
@@ -154,7 +158,18 @@ def test_a_replica_dying_after_a_pieces_last_chunk_leaves_the_stream_whole(fake)
     response = speak(url, three_pieces("DIEATEND"))  # a cut body would raise here
     assert response.status_code == 200
     assert len(response.content) == 3 * 2400 * 2  # every piece's audio, none twice
-    assert not (cues / "DIEATEND").exists()  # the death happened
+    # The death happened, just after the stream ended: the ingress does not wait for a piece's call to close.
+    deadline = time.monotonic() + STREAM_BOUND_S
+    while (cues / "DIEATEND").exists():
+        assert time.monotonic() < deadline, "the replica never reached its death"
+        time.sleep(0.1)
+
+
+def test_a_replica_hanging_after_a_pieces_last_chunk_leaves_the_stream_whole(fake):
+    url, _ = fake
+    response = speak(url, three_pieces("HANGATEND"))  # a stream cut at the piece's timeout would raise here
+    assert response.status_code == 200
+    assert len(response.content) == 3 * 2400 * 2
 
 
 def test_a_replica_dying_after_sending_audio_ends_the_audio_stream_early(fake):

@@ -15,9 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL_STACK = ("torch", "kokoro", "misaki", "transformers", "spacy")
 
 
-def test_the_ingress_imports_no_model_stack():
-    # A fresh interpreter: this test process has torch loaded already.
-    code = ("import sys, serve_app.ingress\n"
+@pytest.mark.parametrize("module", ["serve_app.ingress", "serve_app.app"])
+def test_the_ingress_and_the_app_builder_import_no_model_stack(module):
+    # A fresh interpreter: this test process has torch loaded already. The app builder runs in
+    # Serve's controller on every deploy: loading torch and kokoro there cost ~10 s a deploy.
+    code = (f"import sys, {module}\n"
             f"print([m for m in {MODEL_STACK!r} if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
