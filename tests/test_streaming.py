@@ -16,7 +16,7 @@ from serve_app.versions import V1_0
 from conftest import deploy, project_app_config
 
 SENTENCE = "Esta es una frase de prueba, con algunas palabras más para que dure un poco."
-LONG_TEXT = " ".join([SENTENCE] * 12)  # ~900 characters: a small first piece, then larger ones
+LONG_TEXT = " ".join([SENTENCE] * 4)  # ~300 characters: a small first piece, then three more
 
 
 def v1_app(release, pieces_in_flight: int = 2, app_args: dict | None = None, **model_deployment) -> dict:
