@@ -121,10 +121,12 @@ OWN_RAY_MODULES = {"test_multinode.py", "test_serve_run_cli.py"}
 def pytest_collection_modifyitems(items) -> None:
     """Mark every test `ray`, `slow` or `fast`, so `pytest -m fast` runs the quick tier without Ray.
     The tests without Ray run first: their failures show soonest, and the session's Ray (started by
-    the first test that needs it, kept to the end) does not share the cores with them."""
+    the first test that needs it, kept to the end) does not share the cores with them. Then the tests
+    on `both_versions`, from every module, back to back: one deployment serves them all."""
     for item in items:
         if "serve_url" in getattr(item, "fixturenames", ()) or item.path.name in OWN_RAY_MODULES:
             item.add_marker(pytest.mark.ray)
         elif item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.fast)
-    items.sort(key=lambda item: item.get_closest_marker("ray") is not None)  # stable: file order otherwise
+    items.sort(key=lambda item: (item.get_closest_marker("ray") is not None,  # stable: file order otherwise
+                                 "both_versions" not in getattr(item, "fixturenames", ())))
