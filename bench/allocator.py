@@ -25,7 +25,7 @@ import sys
 import yaml
 
 from . import report
-from .gpu_batching import PIECE, add_piece_argument, build_engine, import_kokoro_network, measure
+from .gpu_batching import add_piece_argument, build_engine, import_kokoro_network, measure
 
 SERVE_CONFIG = Path(__file__).resolve().parent.parent / "serve_config.yaml"
 
@@ -79,7 +79,7 @@ def run_variant(env: dict[str, str], trim_interval_s: float, seconds: float, con
 
 
 def measure_variants(rounds: int, seconds: float, trim_interval_s: float, config: Path | None,
-                     piece: str = PIECE) -> dict[str, list[dict]]:
+                     piece: str) -> dict[str, list[dict]]:
     """Every variant's rows, the variants taking turns round after round."""
     results: dict[str, list[dict]] = {name: [] for name in variants(trim_interval_s)}
     for _ in range(rounds):

@@ -85,8 +85,7 @@ def replica_model(config: dict | None, device: str = "cpu"):
     return fold_weight_norm(make_dummy_model(V1_0, config or V1_0.packaged_config())).to(device)
 
 
-async def speak_for(engine, options, clients: int, seconds: float,
-                    piece: str = PIECE) -> tuple[list[float], float, float]:
+async def speak_for(engine, options, clients: int, seconds: float, piece: str) -> tuple[list[float], float, float]:
     """`clients` callers speaking `piece` back to back for `seconds`: first-audio times, audio s, wall s."""
     firsts, audio = [], 0.0
     stop = time.perf_counter() + seconds
@@ -109,7 +108,7 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
-def measure(engine, clients: int, seconds: float, piece: str = PIECE) -> dict:
+def measure(engine, clients: int, seconds: float, piece: str) -> dict:
     import torch
 
     from serve_app.protocol import SynthesisOptions, VoiceBlend

@@ -30,7 +30,7 @@ from serve_app.dummy_weights import dummy_voice_pack
 from serve_app.versions import V1_0
 
 from . import report
-from .gpu_batching import PIECE, add_piece_argument, replica_model
+from .gpu_batching import add_piece_argument, replica_model
 from .run import shown_command
 from .stats import SAMPLE_RATE
 
@@ -40,7 +40,7 @@ KINDS = ("convolution", "norm", "elementwise", "other")
 SHOWN_CONVOLUTIONS = 12
 
 
-def build(config: dict | None, threads: int, piece: str = PIECE):
+def build(config: dict | None, threads: int, piece: str):
     """The replica's model (full-size dummy v1.0 unless `config`) and one seeded item of `piece`."""
     torch.set_num_threads(threads)
     model = replica_model(config)

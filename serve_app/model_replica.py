@@ -5,7 +5,6 @@ replica, so the app builder and Serve's controller never load it."""
 from pathlib import Path
 import asyncio
 import json
-import os
 
 import ray
 import torch
@@ -112,9 +111,6 @@ class ModelReplica:
 
     async def phonemize(self, pieces: list[str], options: SynthesisOptions) -> list[tuple[str, list[int]]]:
         return [segment for piece in pieces for segment in await self.engine.phonemize(piece, options)]
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def check_health(self) -> None:
         if self._fatal is not None:
