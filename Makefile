@@ -20,7 +20,7 @@ install: $(BIN)/.installed
 # The preflight fetches missing weights (or stops, saying how to get them) before Serve starts.
 serve: install
 	$(BIN)/python -m serve_app.first_run serve_config.yaml && \
-		RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.request_ids:proxy_middlewares $(BIN)/serve run serve_config.yaml
+		RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.ingress.request_ids:proxy_middlewares $(BIN)/serve run serve_config.yaml
 
 # Lint first: CI runs this target, so ruff's findings fail it like a failing test.
 test: lint

@@ -56,7 +56,7 @@ def worker(trim_interval_s: float, seconds: float, config: dict | None, piece: s
     import_kokoro_network()
     import torch
 
-    from serve_app.model_thread import release_freed_memory
+    from serve_app.model.model_thread import release_freed_memory
 
     torch.set_num_threads(os.cpu_count() or 1)
     engine = build_engine(config, "cpu", 1, trim_interval_s)

@@ -57,9 +57,9 @@ def build_engine(config: dict | None, device: str, max_batch_size: int, trim_int
     import torch
 
     from serve_app.config import BatchPolicy
-    from serve_app.kokoro_engine import KokoroEngine, Segment
+    from serve_app.model.engine import KokoroEngine, Segment
+    from serve_app.model.voices import VoiceLibrary
     from serve_app.versions import V1_0
-    from serve_app.voices import VoiceLibrary
 
     class PhonemeEngine(KokoroEngine):
         """v1.0's engine with phonemes for input: the front end is not what this measures."""
@@ -78,8 +78,8 @@ def build_engine(config: dict | None, device: str, max_batch_size: int, trim_int
 
 def replica_model(config: dict | None, device: str = "cpu"):
     """Dummy v1.0 (full size unless `config`) as a replica holds it: weight norm folded, on `device`."""
-    from serve_app.dummy_weights import make_dummy_model
-    from serve_app.model_loading import fold_weight_norm
+    from serve_app.model.dummy_weights import make_dummy_model
+    from serve_app.model.loading import fold_weight_norm
     from serve_app.versions import V1_0
 
     return fold_weight_norm(make_dummy_model(V1_0, config or V1_0.packaged_config())).to(device)

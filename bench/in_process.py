@@ -24,12 +24,12 @@ def dummy_pipeline(voice: str, threads: int, config: dict | None = None, device:
     and the voice's pack. `fold_weight_norm` prepares the model as a replica does."""
     import torch
 
-    from serve_app import model_loading
-    from serve_app.dummy_weights import make_dummy_model
-    from serve_app.kokoro_v1 import KokoroV1Wrapper
+    from serve_app.model import loading as model_loading
+    from serve_app.model.dummy_weights import make_dummy_model
+    from serve_app.model.kokoro_v1 import KokoroV1Wrapper
+    from serve_app.model.voices import VoiceLibrary
     from serve_app.protocol import VoiceBlend
     from serve_app.versions import V1_0
-    from serve_app.voices import VoiceLibrary
 
     torch.set_num_threads(threads)
     model = make_dummy_model(V1_0, config or V1_0.packaged_config()).eval()

@@ -55,7 +55,7 @@ class PeakRss:
 
 def synthesize_in_pieces(pipeline, pack, pieces: list[str]) -> float:
     """Seconds of audio made, piece after piece, handing freed memory back after each."""
-    from serve_app.model_thread import release_freed_memory
+    from serve_app.model.model_thread import release_freed_memory
 
     samples = 0
     for piece in pieces:
@@ -69,7 +69,7 @@ def measure(sizes: list[int], rounds: int, text: str, threads: int = 1, config: 
     """Per size, one record per round: pieces, audio seconds, wall seconds, peak memory rise."""
     import ray  # noqa: F401  (puts its bundled psutil, which PeakRss uses, on sys.path)
 
-    from serve_app.text_pieces import split_text
+    from serve_app.text.pieces import split_text
 
     pipeline, pack = dummy_pipeline(voice, threads, config, fold_weight_norm=True)
     synthesize_in_pieces(pipeline, pack, ["Warming up."])

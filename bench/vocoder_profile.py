@@ -25,8 +25,8 @@ import warnings
 from torch.profiler import ProfilerActivity, profile
 import torch
 
-from serve_app.batched_synthesis import SynthesisItem, synthesize_batch
-from serve_app.dummy_weights import dummy_voice_pack
+from serve_app.model.batched_synthesis import SynthesisItem, synthesize_batch
+from serve_app.model.dummy_weights import dummy_voice_pack
 from serve_app.versions import V1_0
 
 from . import report

@@ -2,7 +2,7 @@
 from ray.serve import Application
 
 from .config import resolve_args
-from .ingress import SpeechIngress
+from .ingress.speech_ingress import SpeechIngress
 from .logs import get_logger
 from .model_deployments import MODEL_DEPLOYMENTS
 

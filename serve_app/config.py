@@ -8,7 +8,7 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from .text_pieces import FIRST_PIECE_CHARS, PIECE_CHARS
+from .text.pieces import FIRST_PIECE_CHARS, PIECE_CHARS
 from .versions import DEFAULT_VERSION, VERSIONS
 
 # Batch sizes when the config sets none, from the benchmarks (docs/benchmarks.md).

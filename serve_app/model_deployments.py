@@ -17,7 +17,7 @@ class ModelDeployment:
     version: ModelVersion
 
     def __init__(self, settings: ModelSettings):
-        from .model_replica import ModelReplica  # the model stack, in the replica's process only
+        from .model.replica import ModelReplica  # the model stack, in the replica's process only
         self._replica = ModelReplica(self.version, settings)
 
     async def forward(self, text: str, options: SynthesisOptions, due: float | None = None):

@@ -40,7 +40,7 @@ class SynthesisOptions:
     speed: float = 1.0
     seed: int | None = None   # the same seed gives the same audio (the vocoder draws noise)
     phonemes: bool = False    # the pieces are phonemes for the model as they are: no G2P
-    request_id: str = "-"     # the HTTP request's id (serve_app.request_ids), for the replicas' logs
+    request_id: str = "-"     # the HTTP request's id (serve_app.ingress.request_ids), for the replicas' logs
 
 
 @dataclass

@@ -67,8 +67,9 @@ def serve_url():
     # Autoscaling tests need load metrics within a fraction of a second, not every 10 s.
     os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.2")
     os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.2")
-    # The proxy bounds client request ids as a deployment should (serve_app/request_ids.py).
-    os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "serve_app.request_ids:proxy_middlewares")
+    # The proxy bounds client request ids as a deployment should (serve_app/ingress/request_ids.py).
+    os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH",
+                          "serve_app.ingress.request_ids:proxy_middlewares")
     from ray import serve
     import ray
 

@@ -1,7 +1,7 @@
 """A fake Hugging Face hub and the tiny releases it serves, for the downloader and the preflight.
 
 The hub is the world outside: install_hub replaces huggingface_hub.hf_hub_download as
-serve_app.download calls it with a FakeHub serving a tiny random-weight model of the real
+serve_app.weights.download calls it with a FakeHub serving a tiny random-weight model of the real
 architecture, saved in each release's published layout, and recording what was asked of it.
 Each test module makes its `published` (module scope: building costs seconds) and `hub`
 fixtures from build_published and install_hub.
@@ -14,9 +14,9 @@ from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundE
 import httpx2
 import torch
 
-from serve_app import download
-from serve_app.model_loading import build_random_model
+from serve_app.model.loading import build_random_model
 from serve_app.versions import V0_19, V1_0
+from serve_app.weights import download
 
 MODULES = ("bert", "bert_encoder", "predictor", "text_encoder", "decoder")
 TINY_PLBERT = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64,

@@ -379,7 +379,7 @@ def test_piece_sizes_measures_every_size_each_round_and_reports_medians():
     import torch
 
     from bench import piece_sizes
-    from serve_app.text_pieces import split_text
+    from serve_app.text.pieces import split_text
     from serve_app.versions import V1_0
 
     from tiny_release import tiny_config

@@ -23,10 +23,10 @@ import pytest
 
 from serve_app.config import BatchPolicy, IngressConfig
 from serve_app.errors import ServiceError
-from serve_app.first_audio import INTERRUPTED
-from serve_app.http_errors import as_service_error
-from serve_app.ingress import SpeechIngress
-from serve_app.model_thread import ModelThread
+from serve_app.ingress.first_audio import INTERRUPTED
+from serve_app.ingress.http_errors import as_service_error
+from serve_app.ingress.speech_ingress import SpeechIngress
+from serve_app.model.model_thread import ModelThread
 from serve_app.protocol import AudioChunk
 from serve_app.versions import V1_0
 

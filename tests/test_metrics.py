@@ -11,7 +11,7 @@ import httpx
 import pytest
 import ray
 
-from serve_app.request_ids import MAX_CHARS
+from serve_app.ingress.request_ids import MAX_CHARS
 from serve_app.versions import V1_0
 
 from conftest import METRICS_PORT, deploy, project_app_config

@@ -9,7 +9,7 @@ import pytest
 import soundfile
 import torch
 
-from serve_app.audio_encoding import to_int16
+from serve_app.ingress.audio_encoding import to_int16
 from serve_app.versions import V1_0
 
 SPANISH = "Hola, buenos días. Esto es una prueba del servicio."

@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import torch
 
-from serve_app.audio_encoding import to_int16
-from serve_app.text_pieces import split_text
+from serve_app.ingress.audio_encoding import to_int16
+from serve_app.text.pieces import split_text
 from serve_app.versions import V1_0
 
 from conftest import deploy, project_app_config

@@ -8,7 +8,7 @@ import json
 
 import torch
 
-from serve_app.model_loading import MODULES, _instance_norm_keys, build_random_model
+from serve_app.model.loading import MODULES, _instance_norm_keys, build_random_model
 from serve_app.versions import V1_0, ModelVersion
 
 TINY_PLBERT = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64,
