@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trim-interval", type=float, default=60, help="the policy's trim_interval_s (default 60)")
     parser.add_argument("--config", type=Path, help="a v1.0 config.json (default: the packaged full-size one)")
     add_piece_argument(parser)
-    parser.add_argument("--out", type=Path, help="append the markdown section to this file")
+    parser.add_argument("--out", type=Path, help="record the section in this markdown page (default: print only); "
+                        "the run it replaces moves to <stem>-history.md beside it")
     parser.add_argument("--worker", type=float, help=argparse.SUPPRESS)  # a variant's own process
     args = parser.parse_args(argv)
     if args.worker is not None:
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python -m bench.allocator", *(argv if argv is not None else sys.argv[1:])])
     section = render(results, command, datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     if args.out:
-        report.publish(args.out, section)
+        report.publish(args.out, section, "allocator")
     else:
         print("\n" + section)
     return 0

@@ -6,7 +6,7 @@
 The benchmark text is cut into pieces of at most N characters, as the ingress cuts requests, and
 synthesised piece after piece the way a replica runs them: full-size dummy v1.0 with weight norm
 folded, freed memory handed back after each piece. The sizes take turns for --rounds rounds, so
-a shared machine's drift hits them alike; medians are reported and appended to --out.
+a shared machine's drift hits them alike; medians are reported and recorded in --out.
 """
 from datetime import datetime, timezone
 from pathlib import Path
@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="piece limits in characters (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="turns each size takes (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, as a replica's num_cpus (default 1)")
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to append to")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help=report.OUT_HELP)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.threads < 1 or min(args.sizes) < 1:
         parser.error("--rounds, --threads and every size must be at least 1")
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     results = measure(args.sizes, args.rounds, text, args.threads)
     section = render(date, shown_command(sys.argv[1:] if argv is None else argv, "bench.piece_sizes"),
                      report.machine(), args.threads, len(text), results)
-    report.publish(args.out, section)
+    report.publish(args.out, section, "pieces")
     return 0
 
 

@@ -1,15 +1,35 @@
-"""The machine a run measured on, and the markdown section it appends to docs/benchmarks.md."""
+"""The machine a run measured on, and the markdown section it records in docs/benchmarks.md."""
 from pathlib import Path
 import os
 import platform
+import re
 import subprocess
 
 from .stats import Measurement, Target, poll_summary
 
-FILE_HEADER = """# Benchmarks
+# The page's text before its current results; record() writes it to a new page.
+PAGE_HEADER = """# Benchmarks
 
-Written by `python -m bench.run` (`make bench`) and `python -m bench.piece_sizes`
-(`make bench-pieces`); each run appends a section. Model: Kokoro v1.0 at full size with dummy
+The latest run of each benchmark: its command, the machine it ran on, its figures and its targets.
+A new run replaces its benchmark's section here, and the run it replaces moves to the top of
+[the history]({history}) (every earlier run, newest first). The line `<!-- bench: KIND -->` above
+each section's heading tells the tools which benchmark wrote it: keep it when editing by hand.
+
+The benchmarks, by kind:
+
+- `run`, the service against in-process KPipeline: `make bench` (`python -m bench.run`).
+  Targets: under "Targets", PASS, MISS, or n/a where a scenario was not run.
+- `pieces`, model speed and memory by piece size: `make bench-pieces` (`python -m bench.piece_sizes`;
+  `bench.chunk_sizes` before 0.2.0). No target: it informs `chunk_chars`.
+- `allocator`, heap settings and trim policy: `make bench-allocator` (`python -m bench.allocator`).
+  No target: it informs the MALLOC_* settings and `trim_interval_s`.
+- `vocoder`, where one piece's time goes: `make bench-vocoder` (`python -m bench.vocoder_profile`).
+  No target: it gives the machine's ceiling on audio s/s.
+- `soak`, memory over hundreds of mixed requests: `make bench-soak` (`python -m bench.soak`).
+  Target: idle growth after warm-up within 5%.
+
+Each section is as its run wrote it, with any reading added by hand; a run that a reading calls
+"above" or "the last run" is in the history. Model: Kokoro v1.0 at full size with dummy
 random weights whose durations are realistic (~3 frames per phoneme), so compute per character
 matches the real model; the audio is noise. Definitions:
 
@@ -19,9 +39,26 @@ matches the real model; the audio is noise. Definitions:
   over the scenario's wall time.
 - **RTF p50**: median over requests of (request time to the last byte / its audio seconds).
 - **cN**: N clients start at once, each sending the paragraph; every scenario sends at least
-  `--repeats` requests (each client sends ceil(repeats / N) back to back).
+  `--repeats` requests (each client sends ceil(repeats / N) back to back). **sN**: the same with
+  a 148-character sentence (the concurrency sweep).
 - **Replica RSS**: peak resident memory of the largest local KokoroV1Model replica process.
+
+## Current results
 """
+
+HISTORY_HEADER = """# Benchmark history
+
+Every run that a later run of the same benchmark replaced in [the current results]({page}), newest
+first: record() in bench/report.py moves each replaced section to the top. Sections are as their
+runs wrote them, readings included, so "above" in them means an earlier run (further down here)
+and "below" a later one.
+"""
+
+# The line above each section's heading that names its benchmark.
+MARKER = re.compile(r"^<!-- bench: ([\w-]+) -->$", re.MULTILINE)
+# The tools' --out help: the page is theirs to update, not to append to.
+OUT_HELP = ("markdown page whose current results the run updates (default %(default)s); the run it replaces "
+            "moves to <stem>-history.md beside it")
 
 COLUMNS = ["Requests", "Errors", "First audio p50 (s)", "First audio p95 (s)", "Whole p50 (s)",
            "Audio s/s", "RTF p50"]
@@ -114,15 +151,47 @@ def render(label: str, date: str, command: str, machine_info: dict[str, str], en
     return "\n".join(lines)
 
 
-def append_report(path: Path, section: str) -> None:
-    """Append a run's section, creating the file with its header first if needed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    existing = path.read_text() if path.exists() else FILE_HEADER
-    path.write_text(existing.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")
+def history_path(page: Path) -> Path:
+    return page.with_name(f"{page.stem}-history.md")
 
 
-def publish(path: Path, section: str) -> None:
-    """Print a run's section and append it to the results file."""
+def _split(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """The text before the first marker, and each (kind, section) from its marker to the next."""
+    found = list(MARKER.finditer(text))
+    head = text[:found[0].start()] if found else text
+    ends = [m.start() for m in found[1:]] + [len(text)]
+    return head, [(m.group(1), text[m.start():end].strip("\n")) for m, end in zip(found, ends)]
+
+
+def _join(head: str, sections: list[str]) -> str:
+    return "\n\n".join([head.rstrip("\n"), *sections]) + "\n"
+
+
+def _read_or(path: Path, header: str) -> tuple[str, list[tuple[str, str]]]:
+    return _split(path.read_text()) if path.exists() else (header, [])
+
+
+def record(section: str, kind: str, page: Path, history: Path | None = None) -> None:
+    """Make a run's section the page's current result of its kind, in place of the previous one
+    (a new kind goes last), and move the replaced section to the top of the history file."""
+    history = history or history_path(page)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    head, sections = _read_or(page, PAGE_HEADER.format(history=os.path.relpath(history, page.parent)))
+    new = (kind, f"<!-- bench: {kind} -->\n{section.strip()}")
+    kinds = [k for k, _ in sections]
+    if kind in kinds:
+        index = kinds.index(kind)
+        history_head, earlier = _read_or(history, HISTORY_HEADER.format(page=os.path.relpath(page, history.parent)))
+        # History first: a failure between the two writes leaves the old run in both files, not in neither.
+        history.write_text(_join(history_head, [sections[index][1]] + [text for _, text in earlier]))
+        sections[index] = new
+    else:
+        sections.append(new)
+    page.write_text(_join(head, [text for _, text in sections]))
+
+
+def publish(path: Path, section: str, kind: str) -> None:
+    """Print a run's section and record it as the current result of its kind in the results page."""
     print("\n" + section)
-    append_report(path, section)
-    print(f"appended to {path}")
+    record(section, kind, path)
+    print(f"recorded in {path}; the run it replaced, if any, is now at the top of {history_path(path)}")

@@ -6,7 +6,7 @@
 Scenarios: `short` (one client, one sentence), `paragraph` (one client, ~600 characters), `cN`
 (N clients at once, each sending the paragraph) and `sN` (N clients at once, each sending a
 ~150-character sentence: the concurrency sweep, kept short so 64 clients fit in minutes).
-Results are printed and appended to --out.
+Results are printed and recorded in --out (bench.report.record).
 """
 from datetime import datetime, timezone
 from functools import partial
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=600, help="seconds per request (default 600)")
     parser.add_argument("--poll-interval", type=float, default=0.5,
                         help="seconds between polls of /health and /v1/models during scenarios")
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to append to")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help=report.OUT_HELP)
     parser.add_argument("--label", help="heading of this run's section (default: the device)")
     args = parser.parse_args(argv)
     try:
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = evaluate(service, baseline, cores, max(peaks, default=None)) + batching_targets(service, baseline, cores)
     label = args.label or (f"GPU: {info['GPU']}" if info["GPU"] != "none" else f"CPU: {cores} cores")
     section = report.render(label, date, command, info, endpoint, service, baseline, rss_idle, targets)
-    report.publish(args.out, section)
+    report.publish(args.out, section, "run")
     return 0
 
 

@@ -8,7 +8,7 @@ formats, languages and voices; some clients hang up after the first audio. Each 
 memory (no request in flight, freed memory handed back) is read after the warm-up requests and
 again at the end: it must grow less than 5% (caches bounded: no memory that grows with the words,
 voices or clients seen). Under load, memory swings with the work and with when trims fall, so the
-samples taken throughout are reported but not judged. Results are printed and appended to --out.
+samples taken throughout are reported but not judged. Results are printed and recorded in --out.
 """
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -197,7 +197,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--replicas", type=int, help="the started service's model replicas")
     parser.add_argument("--start-timeout", type=float, default=600, help="the started service's start_timeout_s "
                         "(default %(default)s: a loaded machine would shed requests, and the soak is about memory)")
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help=report.OUT_HELP)
     args = parser.parse_args(argv)
     if args.start_service is None:
         args.start_service = args.url is None
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         asyncio.run(drive(args, client.replica_rss, soak, warmup))
     info["Load average at the end"] = report.load_average()
-    report.publish(args.out, render(args, command, info, soak, time.perf_counter() - started, warmup))
+    report.publish(args.out, render(args, command, info, soak, time.perf_counter() - started, warmup), "soak")
     return 0
 
 

@@ -161,7 +161,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up (default 3)")
     parser.add_argument("--config", type=Path, help="a v1.0 config.json (default: the packaged full-size one)")
     add_piece_argument(parser)
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="markdown file to append to")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help=report.OUT_HELP)
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeats < 1:
         parser.error("--threads and --repeats must be at least 1")
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = render(date, shown_command(sys.argv[1:] if argv is None else argv, "bench.vocoder_profile"),
                      report.machine(), args.threads, audio_s, walls, seconds, convolutions, ceiling)
-    report.publish(args.out, section)
+    report.publish(args.out, section, "vocoder")
     return 0
 
 

@@ -134,26 +134,54 @@ def test_batching_targets_compare_lone_and_concurrent_runs_with_in_process():
 # --- report ----------------------------------------------------------------------------------
 
 
-def test_report_appends_sections_with_command_tables_and_targets(tmp_path):
+def test_report_records_a_section_with_command_tables_and_targets(tmp_path):
     out = tmp_path / "docs" / "benchmarks.md"
     scenarios = service()
     scenarios["c4"].rss_peak = int(812e6)
     targets = evaluate(scenarios, baseline(), CORES, rss_peak=int(812e6))
     info = {"CPU": "Test CPU, 2 usable cores", "GPU": "none"}
-    for label in ("CPU run", "GPU run"):
-        section = report.render(label, "2030-01-01 00:00 UTC", "python -m bench.run --repeats 3", info,
-                                "http://127.0.0.1:8000", scenarios, baseline(), int(700e6), targets)
-        report.append_report(out, section)
+    section = report.render("CPU run", "2030-01-01 00:00 UTC", "python -m bench.run --repeats 3", info,
+                            "http://127.0.0.1:8000", scenarios, baseline(), int(700e6), targets)
+    report.record(section, "run", out)
     text = out.read_text()
-    assert text.startswith("# Benchmarks") and text.count("# Benchmarks") == 1
-    assert text.index("## CPU run (2030-01-01 00:00 UTC)") < text.index("## GPU run (2030-01-01 00:00 UTC)")
-    assert text.count("Command: `python -m bench.run --repeats 3`") == 2
+    assert text.startswith("# Benchmarks") and "[the history](benchmarks-history.md)" in text
+    assert "## Current results\n\n<!-- bench: run -->\n## CPU run (2030-01-01 00:00 UTC)" in text
+    assert "Command: `python -m bench.run --repeats 3`" in text
     assert "- CPU: Test CPU, 2 usable cores" in text
     # c4: 4 requests, no errors, first audio 10 s, whole 80 s, 160 s audio / 80 s, RTF 2, polls, RSS
     assert "| c4 | 4 | 4 | 0 | 10.000 | 10.000 | 80.000 | 2.00 | 2.000 | 0.300 | 0.020 | 812 |" in text
     assert "| paragraph | 2 x 1 | 2 | 0 | 18.000 | 18.000 | 36.000 | 2.22 | 0.900 |" in text
     assert "Replica RSS after warm-up: 700 MB" in text
-    assert text.count("PASS  paragraph first audio <= 25% of in-process whole-paragraph time") == 2
+    assert "PASS  paragraph first audio <= 25% of in-process whole-paragraph time" in text
+    assert not (tmp_path / "docs" / "benchmarks-history.md").exists()  # nothing replaced yet
+
+
+def test_record_keeps_the_newest_run_of_each_kind_and_moves_the_older_to_the_top_of_the_history(tmp_path):
+    page, history = tmp_path / "bench.md", tmp_path / "bench-history.md"
+    report.record("## Soak 1\n\nfirst soak\n", "soak", page)
+    report.record("## Run 1\n\nfirst run\n", "run", page)
+    report.record("## Soak 2\n\nsecond soak\n", "soak", page, history)
+    page.write_text(page.read_text() + "\nA reading added by hand.\n")  # belongs to the run above it
+    report.record("## Run 2\n\nsecond run\n", "run", page)
+    report.record("## Soak 3\n\nthird soak\n", "soak", page)
+
+    # The newest of each kind only, each in its kind's first place, under its marker.
+    assert page.read_text() == report.PAGE_HEADER.format(history="bench-history.md") + (
+        "\n<!-- bench: soak -->\n## Soak 3\n\nthird soak\n\n"
+        "<!-- bench: run -->\n## Run 2\n\nsecond run\n")
+    # Replaced runs, newest first, the hand-written reading kept with its run.
+    assert history.read_text() == report.HISTORY_HEADER.format(page="bench.md") + (
+        "\n<!-- bench: soak -->\n## Soak 2\n\nsecond soak\n\n"
+        "<!-- bench: run -->\n## Run 1\n\nfirst run\n\nA reading added by hand.\n\n"
+        "<!-- bench: soak -->\n## Soak 1\n\nfirst soak\n")
+
+
+def test_the_benchmark_page_holds_one_current_run_of_each_kind_within_20_kb():
+    page, history = REPO_ROOT / "docs" / "benchmarks.md", REPO_ROOT / "docs" / "benchmarks-history.md"
+    assert page.stat().st_size < 20_000  # one page, read at a glance
+    kinds = report.MARKER.findall(page.read_text())
+    assert sorted(kinds) == ["allocator", "pieces", "run", "soak", "vocoder"]
+    assert set(report.MARKER.findall(history.read_text())) <= set(kinds)
 
 
 def test_machine_info_names_cpu_memory_and_torch():

@@ -15,6 +15,7 @@ The vocoder draws noise. Each item draws from its own `torch.Generator`, in koko
 with kokoro's shapes and memory layouts, so a seeded item gives exactly the audio of
 `torch.manual_seed(seed); model.forward_with_tokens(input_ids[None], ref_s, speed)`.
 """
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kokoro import KModel
@@ -50,8 +51,11 @@ class _Text:
 
 
 @torch.inference_mode()
-def synthesize_batch(model: KModel, items: list[SynthesisItem]) -> list[SynthesisOutput]:
-    """Synthesise every item in one pass; each result equals the item's unbatched synthesis."""
+def synthesize_batch(model: KModel, items: list[SynthesisItem],
+                     vocoder: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[SynthesisOutput]:
+    """Synthesise every item in one pass; each result equals the item's unbatched synthesis.
+
+    `vocoder` runs the decoder's network (a `Vocoder`, or the same compiled); unset, `Vocoder(model.decoder)`."""
     if not items:
         return []
     device = model.device
@@ -65,7 +69,15 @@ def synthesize_batch(model: KModel, items: list[SynthesisItem]) -> list[Synthesi
     inputs = [_decoder_inputs(model, text, int(count)) for text, count in zip(texts, frames.counts)]
     asr, f0, n = (_pad_stack(parts) for parts in zip(*inputs))
     voice = torch.cat([text.ref_s[:, :_STYLE_SPLIT] for text in texts])
-    audio = _decode(model.decoder, asr, f0, n, voice, frames, generators)
+    # The harmonic source stays outside the vocoder, eager: its phase is a long cumulative sum that
+    # follows the last bit of F0 (see _harmonic_spectrum), so fused arithmetic there would move the audio.
+    har = _harmonic_spectrum(model.decoder.generator, f0, frames, generators)
+    vocoder = Vocoder(model.decoder) if vocoder is None else vocoder
+    spec, phase = vocoder(asr, f0, n, voice, har, frames.masks(model.decoder))
+    # Per item: the iSTFT normalises each sample by the windows of the frames that exist.
+    lengths = (frames.counts * _upsampling(model.decoder) + 1).tolist()
+    istft = model.decoder.generator.stft.inverse
+    audio = [istft(spec[b:b + 1, :, :length], phase[b:b + 1, :, :length]).squeeze() for b, length in enumerate(lengths)]
     return [SynthesisOutput(a.cpu(), pred_dur) for a, pred_dur in zip(audio, pred_durs)]
 
 
@@ -116,20 +128,36 @@ class _Frames:
         self.longest = int(counts.max())
         self._counts = counts.to(device)
         self._ragged = bool((counts < self.longest).any())
-        self._masks = {}
 
-    def mask(self, scale: int, extra: int = 0) -> torch.Tensor | None:
-        """1.0 at each item's first `count * scale + extra` positions, [B, 1, longest * scale + extra].
+    def masks(self, decoder: Decoder) -> dict[tuple[int, int], torch.Tensor]:
+        """For each rate the decoder runs at, (scale, extra): 1.0 at each item's first `count * scale + extra`
+        positions, [B, 1, longest * scale + extra].
 
-        None when no item is padded (a batch of one): the layers then run exactly as in kokoro.
+        Empty when no item is padded (a batch of one): the layers then run exactly as in kokoro.
         """
         if not self._ragged:
-            return None
-        if (scale, extra) not in self._masks:
+            return {}
+        masks = {}
+        for scale, extra in _rates(decoder):
             positions = torch.arange(self.longest * scale + extra, device=self._counts.device)
-            valid = positions < (self._counts * scale + extra)[:, None]
-            self._masks[scale, extra] = valid.unsqueeze(1).float()
-        return self._masks[scale, extra]
+            masks[scale, extra] = (positions < (self._counts * scale + extra)[:, None]).unsqueeze(1).float()
+        return masks
+
+
+def _rates(decoder: Decoder) -> list[tuple[int, int]]:
+    """Every (multiple of the frame rate, extra positions) the decoder's layers run at, in order."""
+    scale = 2 if any(block.upsample_type != "none" for block in decoder.decode) else 1
+    rates = [(1, 0), (scale, 0)]
+    gen = decoder.generator
+    for i, up in enumerate(gen.ups):
+        scale *= up.stride[0]
+        rates.append((scale, int(i == gen.num_upsamples - 1)))  # the last stage gains one frame from its pad
+    return rates
+
+
+def _upsampling(decoder: Decoder) -> int:
+    """Output positions of the vocoder per frame (before the iSTFT's own extra frame)."""
+    return _rates(decoder)[-1][0]
 
 
 # In-place arithmetic on the vocoder's activations (tens of MB each) spares an allocation per op;
@@ -178,33 +206,45 @@ def _adain_res_block1(block: AdaINResBlock1, x, style, mask) -> torch.Tensor:
     return x
 
 
-def _decode(decoder: Decoder, asr, f0, n, voice, frames: _Frames, generators) -> list[torch.Tensor]:
-    """kokoro's Decoder: each item's audio on the model's device."""
-    at_frames = frames.mask(1)
-    f0_down, n_down = decoder.F0_conv(f0.unsqueeze(1)), decoder.N_conv(n.unsqueeze(1))
-    x = _adain_res_blk1d(decoder.encode, torch.cat([asr, f0_down, n_down], 1), voice, at_frames, at_frames)
-    asr_res = decoder.asr_res(asr)
-    scale = 1
-    for block in decoder.decode:
-        if scale == 1:  # the residual features join every block up to the one that upsamples
-            x = torch.cat([x, asr_res, f0_down, n_down], 1)
-        mask_in = frames.mask(scale)
-        scale *= 1 if block.upsample_type == "none" else 2
-        x = _adain_res_blk1d(block, x, voice, mask_in, frames.mask(scale))
-    return _generate(decoder.generator, x, voice, f0, frames, scale, generators)
+class Vocoder(torch.nn.Module):
+    """kokoro's Decoder from text features, F0 and energy to the spectrum and phase the iSTFT takes.
+
+    Every operator here is batched and has a fixed shape per item count, so `torch.compile` with
+    dynamic shapes fuses it once for every length: its many elementwise and normalisation passes
+    between convolutions are what bounds eager PyTorch by memory traffic. `masks` are
+    `_Frames.masks(decoder)`: empty when no item is padded.
+    """
+
+    def __init__(self, decoder: Decoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, asr, f0, n, voice, har, masks: dict[tuple[int, int], torch.Tensor]):
+        decoder = self.decoder
+        at_frames = masks.get((1, 0))
+        f0_down, n_down = decoder.F0_conv(f0.unsqueeze(1)), decoder.N_conv(n.unsqueeze(1))
+        x = _adain_res_blk1d(decoder.encode, torch.cat([asr, f0_down, n_down], 1), voice, at_frames, at_frames)
+        asr_res = decoder.asr_res(asr)
+        scale = 1
+        for block in decoder.decode:
+            if scale == 1:  # the residual features join every block up to the one that upsamples
+                x = torch.cat([x, asr_res, f0_down, n_down], 1)
+            mask_in = masks.get((scale, 0))
+            scale *= 1 if block.upsample_type == "none" else 2
+            x = _adain_res_blk1d(block, x, voice, mask_in, masks.get((scale, 0)))
+        return _generate(decoder.generator, x, voice, har, masks, scale)
 
 
-def _generate(gen: Generator, x, voice, f0, frames: _Frames, scale: int, generators) -> list[torch.Tensor]:
-    """kokoro's iSTFTNet Generator; x is at `scale` times the frame rate."""
-    har = _harmonic_spectrum(gen, f0, frames, generators)  # zero past each item's end
-    mask = frames.mask(scale)
+def _generate(gen: Generator, x, voice, har, masks, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """kokoro's iSTFTNet Generator up to the iSTFT; x is at `scale` times the frame rate, har zero past each item."""
+    mask = masks.get((scale, 0))
     for i, (up, noise_conv, noise_res) in enumerate(zip(gen.ups, gen.noise_convs, gen.noise_res)):
         x = up(_zero_pad_(F.leaky_relu(x, negative_slope=0.1, inplace=True), mask))
         last = i == gen.num_upsamples - 1
         if last:
             x = gen.reflection_pad(x)  # pads on the left, where every item starts
         scale *= up.stride[0]
-        mask = frames.mask(scale, int(last))  # the last stage gains one frame from the reflection pad
+        mask = masks.get((scale, int(last)))  # the last stage gains one frame from the reflection pad
         x.add_(_adain_res_block1(noise_res, noise_conv(har), voice, mask))
         blocks = gen.resblocks[i * gen.num_kernels:(i + 1) * gen.num_kernels]
         xs = _adain_res_block1(blocks[0], x, voice, mask)
@@ -212,11 +252,7 @@ def _generate(gen: Generator, x, voice, f0, frames: _Frames, scale: int, generat
             xs.add_(_adain_res_block1(block, x, voice, mask))
         x = xs.div_(gen.num_kernels)
     x = gen.conv_post(_zero_pad_(F.leaky_relu(x, inplace=True), mask))
-    spec = torch.exp(x[:, :gen.post_n_fft // 2 + 1])
-    phase = torch.sin(x[:, gen.post_n_fft // 2 + 1:])
-    # Per item: the iSTFT normalises each sample by the windows of the frames that exist.
-    return [gen.stft.inverse(spec[b:b + 1, :, :length], phase[b:b + 1, :, :length]).squeeze()
-            for b, length in enumerate((frames.counts * scale + 1).tolist())]
+    return torch.exp(x[:, :gen.post_n_fft // 2 + 1]), torch.sin(x[:, gen.post_n_fft // 2 + 1:])
 
 
 def _harmonic_spectrum(gen: Generator, f0: torch.Tensor, frames: _Frames, generators) -> torch.Tensor:
