@@ -17,10 +17,13 @@ $(BIN)/.installed: pyproject.toml
 .PHONY: install serve test test-fast lint fuzz bench bench-pieces bench-soak bench-allocator bench-vocoder
 install: $(BIN)/.installed
 
-# The preflight fetches missing weights (or stops, saying how to get them) before Serve starts.
+# The preflight fetches missing weights (or stops, saying how to get them) before Serve starts. It also
+# writes the config Serve deploys: serve_config.yaml carrying this shell's KOKORO_WEIGHTS and
+# KOKORO_MODEL_ROOT, which a Ray cluster started before `serve run` would not see (README, "Weights").
 serve: install
-	$(BIN)/python -m serve_app.first_run serve_config.yaml && \
-		RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.ingress.request_ids:proxy_middlewares $(BIN)/serve run serve_config.yaml
+	$(BIN)/python -m serve_app.first_run serve_config.yaml --effective-config build/serve_config.yaml && \
+		RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve_app.ingress.request_ids:proxy_middlewares \
+		$(BIN)/serve run build/serve_config.yaml
 
 # Lint first: CI runs this target, so ruff's findings fail it like a failing test.
 test: lint

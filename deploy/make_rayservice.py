@@ -63,15 +63,27 @@ def image() -> str:
 
 def merge(base: dict, overrides: dict) -> dict:
     """Overlay `overrides` on a Serve config. Applications and deployments are matched by
-    name; every other key replaces the base value wholesale, as Serve's own overrides do."""
+    name, and an application's args merged key by key (nested too: `batching.max_batch_size`
+    alone keeps the other batching settings); every other key replaces the base value
+    wholesale, as Serve's own overrides do."""
     merged = copy.deepcopy(base)
     merged.update({k: copy.deepcopy(v) for k, v in overrides.items() if k != "applications"})
     for app_over in overrides.get("applications", []):
         app = _by_name(merged["applications"], app_over["name"], "application")
-        app.update({k: copy.deepcopy(v) for k, v in app_over.items() if k != "deployments"})
+        app.update({k: copy.deepcopy(v) for k, v in app_over.items() if k not in ("deployments", "args")})
+        if "args" in app_over:
+            app["args"] = _merge_args(app.get("args", {}), app_over["args"])
         for dep_over in app_over.get("deployments", []):
             dep = _by_name(app.get("deployments", []), dep_over["name"], "deployment")
             dep.update(copy.deepcopy(dep_over))
+    return merged
+
+
+def _merge_args(base: dict, overrides: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        both_maps = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge_args(merged[key], value) if both_maps else copy.deepcopy(value)
     return merged
 
 

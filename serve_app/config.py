@@ -36,6 +36,10 @@ class IngressConfig(BaseModel):
         "A request whose first audio is not made within this is shed: 503 with Retry-After, not a long wait."))
     piece_timeout_s: float = Field(120, gt=0, description=(
         "Longest wait for any later piece's audio once the stream needs it; then the stream ends with an error."))
+    model_call_timeout_s: float = Field(30, gt=0, description=(
+        "Longest wait for a model version's answer to a call that makes no audio (its voices and symbols, "
+        "asked by its first request; /v1/audio/phonemize). A version with no running replica is then a 503 "
+        "with Retry-After saying whether it is starting or failed, not a wait as long as the proxy's."))
     api_key: SecretStr | None = Field(None, description=(
         "When set, every route but /health and the web page needs `Authorization: Bearer <key>`. "
         "Set it with env KOKORO_API_KEY or KOKORO_API_KEY_FILE (a file holding it), not in a committed config."))

@@ -44,8 +44,13 @@ class InputTooLong(ServiceError):
     status, type = 413, "invalid_request_error"
 
 
-class Overloaded(ServiceError):
-    status, type = 503, "server_overloaded"
+class Unavailable(ServiceError):
+    """503 with Retry-After: nothing can serve the request now (a model version starting or failed)."""
+    status, type = 503, "server_error"
+
+
+class Overloaded(Unavailable):
+    type = "server_overloaded"
 
 
 class ModelFileError(RuntimeError):

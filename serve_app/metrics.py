@@ -48,8 +48,14 @@ class ReplicaMetrics:
                                     BATCH_SIZE_BOUNDARIES, tag_keys=("version",))
         self.queued = Gauge("kokoro_pieces_queued", "Items waiting on the replica's model thread.",
                             tag_keys=("version",))
-        for metric in (self.audio, self.rtf, self.batch_size, self.queued):
+        self.compile_failures = Counter("kokoro_compile_failures", "Replica starts whose vocoder failed to "
+                                        "compile and runs eagerly (slower); the replica log says why.",
+                                        tag_keys=("version",))
+        for metric in (self.audio, self.rtf, self.batch_size, self.queued, self.compile_failures):
             metric.set_default_tags({"version": version})  # a dict each: Serve adds its tags to it in place
+
+    def compile_failed(self) -> None:
+        self.compile_failures.inc()
 
     def batch_done(self, size: int, seconds: float, audio_s: float, waiting: int) -> None:
         self.batch_size.observe(size)

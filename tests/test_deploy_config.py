@@ -16,6 +16,7 @@ import pytest
 import tomllib
 import yaml
 
+from serve_app.config import GPU_MAX_BATCH_SIZE, AppArgs, BatchPolicy
 from serve_app.config_check import unknown_keys, validate_serve_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,3 +193,26 @@ def test_overrides_replace_nested_options_wholesale():
     assert base["applications"][0]["deployments"][0]["ray_actor_options"]["num_cpus"] == 1
     with pytest.raises(ValueError, match="'Dx'"):
         gen.merge(base, {"applications": [{"name": "a", "deployments": [{"name": "Dx"}]}]})
+
+
+def test_overrides_merge_args_key_by_key():
+    base = {"applications": [{"name": "a", "import_path": "m:f", "args": {
+        "versions": ["v1.0"], "batching": {"max_batch_size": 1, "stuck_batch_s": 300}}}]}
+    over = {"applications": [{"name": "a", "args": {"batching": {"max_batch_size": 32}, "weights": "dummy"}}]}
+    assert gen.merge(base, over)["applications"][0]["args"] == {
+        "versions": ["v1.0"], "batching": {"max_batch_size": 32, "stuck_batch_s": 300}, "weights": "dummy"}
+    assert base["applications"][0]["args"]["batching"]["max_batch_size"] == 1
+
+
+def test_shipped_configs_state_the_batching_each_device_gets(base_config, embedded):
+    """Every batching setting is written out, as the code would fill it in for the config's device:
+    off on a CPU (serve_config.yaml, the CPU bench), GPU_MAX_BATCH_SIZE in the GPU manifest."""
+    bench = yaml.safe_load((ROOT / "bench" / "serve_config_cpu.yaml").read_text())
+    for cfg, device in ((base_config, "cpu"), (bench, "cpu"), (embedded, "cuda")):
+        (app,) = cfg["applications"]
+        assert app["args"]["batching"].keys() == BatchPolicy.model_fields.keys()
+        args = AppArgs.model_validate(app["args"])
+        for version in args.versions:
+            assert args.model_settings(version).batching == BatchPolicy().for_device(device)
+    assert AppArgs.model_validate(base_config["applications"][0]["args"]).batching.max_batch_size == 1
+    assert AppArgs.model_validate(embedded["applications"][0]["args"]).batching.max_batch_size == GPU_MAX_BATCH_SIZE

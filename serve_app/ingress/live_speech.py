@@ -208,7 +208,7 @@ class LiveSession:
         if isinstance(message, Text):
             await self._take_text(message.text)
         elif isinstance(message, Flush | Close):
-            self._end_utterance()
+            self._end_utterance(answered=isinstance(message, Flush))
         elif isinstance(message, Cancel):
             await self._cancel()
         elif isinstance(message, Ack):
@@ -235,9 +235,11 @@ class LiveSession:
         for index, piece in enumerate(budgeted_pieces(pieces, *limits), first):
             self._speaker.ask(Spoken(self._utterance, index, piece))
 
-    def _end_utterance(self) -> None:
+    def _end_utterance(self, answered: bool) -> None:
+        """Speak what is held and end the utterance. Every flush ends one, and is answered with its
+        `utterance.done` even when nothing in it was speakable; a close ends only one that has text."""
         self._ask(self._text.take_all())
-        if self._text.pieces:
+        if self._text.pieces or answered:
             self._speaker.ask(Spoken(self._utterance))
             self._utterance, self._text = self._utterance + 1, self._new_text()
 
@@ -278,18 +280,25 @@ class LiveSession:
 
     async def speak(self, item: Spoken) -> None:
         """Send one item's audio, in order: a piece's chunks, or the end of its utterance."""
+        if item.text is None:
+            await self._finish(item.utterance)
+            return
         if self._encoder is None or self._encoder[0] != item.utterance:
             self._encoder = (item.utterance, make_encoder(self._fmt), 0.0)
-        utterance, encoder, offset = self._encoder
-        if item.text is None:
-            if data := encoder.finish():
-                await self._send_audio(utterance, data, [], 0.0)
-            await self.send({"type": "utterance.done", "utterance": utterance, "seconds": round(offset, 3)})
-            return
         while (chunk := await item.audio.get()) is not None:
             if isinstance(chunk, ServiceError):
                 raise chunk
             await self._send_chunk(chunk)
+
+    async def _finish(self, utterance: int) -> None:
+        """The end of an utterance: its stream's last bytes, then `utterance.done`. An utterance without
+        pieces (a flush of nothing speakable) has no stream: no audio, not even a header, and 0 seconds."""
+        seconds = 0.0
+        if self._encoder is not None and self._encoder[0] == utterance:
+            _, encoder, seconds = self._encoder
+            if data := encoder.finish():
+                await self._send_audio(utterance, data, [], 0.0)
+        await self.send({"type": "utterance.done", "utterance": utterance, "seconds": round(seconds, 3)})
 
     async def _send_chunk(self, chunk: AudioChunk) -> None:
         utterance, encoder, offset = self._encoder

@@ -5,7 +5,8 @@ CPU-only head nodes and asks for no CPU of its own.
 """
 from dataclasses import replace
 from functools import partial
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
+import asyncio
 import time
 
 from fastapi import FastAPI, WebSocket
@@ -14,7 +15,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from ..config import IngressConfig
-from ..errors import ServiceError
+from ..errors import ServiceError, Unavailable
 from ..logs import get_logger
 from ..metrics import IngressMetrics
 from ..protocol import AudioChunk
@@ -24,7 +25,7 @@ from .audio_encoding import CONTENT_TYPES
 from .body_limit import BodyLimit
 from .first_audio import after_first_audio
 from .health import versions_ready
-from .http_errors import as_service_error, error_responses, install_error_handlers
+from .http_errors import as_service_error, error_responses, explained, install_error_handlers
 from .live_speech import serve_live_speech
 from .piece_scheduling import InFlightWindow, Limits
 from .playground import playground_page
@@ -44,6 +45,7 @@ app.add_middleware(AccessMiddleware)  # the API key, before any body is read, fo
 app.add_middleware(RequestIds)  # added last, so outermost: every response, a 401 too, carries its request id
 # What each route can answer besides its success, in the OpenAPI description (clients, fuzzing).
 LISTING_ERRORS = error_responses(401)
+VOICES_ERRORS = error_responses(401, 503)
 SPEECH_ERRORS = error_responses(400, 401, 413, 503)
 AUDIO_TYPES = {200: {"description": "The audio, in `response_format`, or its events (`stream_format: sse`)",
                      "content": {media_type: {} for media_type in sorted({*CONTENT_TYPES.values(), SSE_MEDIA_TYPE})}}}
@@ -61,10 +63,22 @@ class SpeechIngress:
         self.metrics = IngressMetrics()
         configure(AccessPolicy.from_config(config))
 
+    async def _call(self, version: ModelVersion, method: str, *args) -> Any:
+        """A model call that makes no audio, bounded: a version with no running replica is a 503
+        saying why after model_call_timeout_s, not a wait as long as the proxy's."""
+        call = getattr(self.models[version.name], method).remote(*args)
+        try:
+            return await asyncio.wait_for(call, self.config.model_call_timeout_s)
+        except Exception as e:
+            if isinstance(e, TimeoutError):
+                call.cancel()  # else it waits on for a replica
+            # Never let Serve's errors escape: Serve answers them itself, in plain text naming its internals.
+            raise await explained(as_service_error(e), version) from e
+
     async def _ask_once(self, version: ModelVersion, method: str) -> list[str]:
         """A fact the version's replicas hold (`voices`, `vocab`), asked once."""
         if (version.name, method) not in self._asked:
-            self._asked[version.name, method] = await getattr(self.models[version.name], method).remote()
+            self._asked[version.name, method] = await self._call(version, method)
         return self._asked[version.name, method]
 
     async def _voice_names(self, version: ModelVersion) -> list[str]:
@@ -93,7 +107,10 @@ class SpeechIngress:
         window = InFlightWindow(self.models[version.name], job.pieces, options, self.config.pieces_in_flight,
                                 Limits(self.config.start_timeout_s, self.config.piece_timeout_s),
                                 on_reject=partial(self.metrics.reject, version.name))
-        chunks = await after_first_audio(window.chunks(), partial(self.metrics.interrupt, version.name))
+        try:
+            chunks = await after_first_audio(window.chunks(), partial(self.metrics.interrupt, version.name))
+        except Unavailable as e:  # its first piece found no replica, or none free in time
+            raise await explained(e, version) from e.__cause__  # the model call's own error, as before
         waited = time.perf_counter() - started
         self.metrics.first_audio.observe(waited, tags={"version": version.name})
         logger.info("request %s: model=%s voice=%s chars=%d pieces=%d format=%s first audio after %.3f s",
@@ -121,7 +138,7 @@ class SpeechIngress:
             {"id": name, "object": "model", "created": 0, "owned_by": "hexgrad",
              "version": MODEL_ALIASES[name]} for name in served_model_ids(self.models)]}
 
-    @app.get("/v1/audio/voices", responses=LISTING_ERRORS)
+    @app.get("/v1/audio/voices", responses=VOICES_ERRORS)
     async def list_voices(self) -> dict:
         return {"voices": [
             {"id": name, "model": version, "language": VERSIONS[version].language_of(name).tag}
@@ -155,9 +172,6 @@ class SpeechIngress:
         """What the speech body's text becomes for the model, one entry per model call: its phonemes and
         their token ids (pads not included). Only input, input_format, model, voice and lang_code matter."""
         job = await self._job(resolve_version(body.model, self.models), body)
-        try:
-            segments = await self.models[job.version.name].phonemize.remote(job.pieces, job.options)
-        except Exception as e:
-            raise as_service_error(e) from e
+        segments = await self._call(job.version, "phonemize", job.pieces, job.options)
         return {"model": job.version.name, "lang_code": job.options.lang_code,
                 "phonemes": [phonemes for phonemes, _ in segments], "tokens": [ids for _, ids in segments]}

@@ -15,7 +15,7 @@ from kokoro import KModel
 import torch
 
 from ..config import BatchPolicy
-from ..protocol import AudioChunk, SynthesisOptions, Word
+from ..protocol import AudioChunk, SynthesisOptions, VoiceBlend, Word
 from ..text.phoneme_split import split_phonemes
 from ..text.pronunciation import Lexicon
 from .batched_synthesis import SynthesisItem, SynthesisOutput, synthesize_batch
@@ -24,6 +24,8 @@ from .voices import VoiceLibrary
 
 # The model's context is 512 tokens, two of which are the pads around the text.
 MAX_TOKENS = 510
+# A warm-up piece: as long as a typical first piece, so its frames fall in the range most pieces do.
+WARM_UP_TOKENS = 100
 
 T = TypeVar("T")
 
@@ -40,16 +42,33 @@ class Segment:
 class KokoroEngine:
     """A model version in a replica: voice packs, the batching model thread, audio per piece."""
 
-    def __init__(self, model: KModel, voices: VoiceLibrary, batching: BatchPolicy | None = None):
+    def __init__(self, model: KModel, voices: VoiceLibrary, batching: BatchPolicy | None = None,
+                 vocoder: Callable | None = None):
         self.model = model
         self.voices = voices
         policy = (batching or BatchPolicy()).for_device(model.device.type)
-        self.model_thread = ModelThread(partial(synthesize_batch, model), policy,
-                                        release_memory=model.device.type == "cpu")
+        # The decoder's network: kokoro's modules eagerly, or compiled (serve_app.model.compiled_vocoder).
+        self._run_batch = partial(synthesize_batch, model, vocoder=vocoder)
+        self.model_thread = ModelThread(self._run_batch, policy, release_memory=model.device.type == "cpu")
         # espeak-ng and misaki are not thread-safe: the front end runs on one thread of its own,
         # beside the model thread, so requests' G2P never interleave.
         self._front_end = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kokoro-g2p")
         self.lexicon = Lexicon()  # the deployment's custom pronunciations, if it has any
+
+    def speak_warm_up_shapes(self) -> None:
+        """Speak, once each, batches of the shapes the model thread will run: one item, and when it
+        batches, two of unequal lengths (padded: other code, and one graph covers every batch size).
+        Compiled code is compiled here, before the replica reports ready, not in a client's request."""
+        batches = [[WARM_UP_TOKENS]]
+        if self.model_thread.policy.max_batch_size > 1:
+            batches.append([WARM_UP_TOKENS, WARM_UP_TOKENS // 2])
+        pack = self.voices.pack(VoiceBlend.single(self.voices.names()[0]))
+        symbols = torch.tensor(sorted(self.model.vocab.values()))
+        generator = torch.Generator().manual_seed(0)
+        pad = torch.zeros(1, dtype=torch.long)
+        for lengths in batches:
+            tokens = [symbols[torch.randint(len(symbols), (n,), generator=generator)] for n in lengths]
+            self._run_batch([SynthesisItem(torch.cat([pad, ids, pad]), pack[len(ids)], seed=0) for ids in tokens])
 
     async def in_front_end(self, work: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._front_end, partial(work, *args))

@@ -1,4 +1,5 @@
 """Kokoro v1.0: one `KModel` shared by a cache of `KPipeline`s (the front ends), one per language."""
+from collections.abc import Callable
 import re
 import threading
 
@@ -47,8 +48,9 @@ def espeak_english_pipeline(lang_code: str, repo_id: str, model: KModel) -> KPip
 class KokoroV1Wrapper(KokoroEngine):
     """Kokoro v1.0 in a replica: one model, a front-end pipeline per language, batched synthesis."""
 
-    def __init__(self, model: KModel, voices: VoiceLibrary, batching: BatchPolicy | None = None):
-        super().__init__(model, voices, batching)
+    def __init__(self, model: KModel, voices: VoiceLibrary, batching: BatchPolicy | None = None,
+                 vocoder: Callable | None = None):
+        super().__init__(model, voices, batching, vocoder)
         self._pipelines: dict[str, KPipeline] = {}
         self._pipeline_uses: dict[str, int] = {}
         self._pipelines_lock = threading.Lock()

@@ -16,6 +16,7 @@ from ..metrics import ReplicaMetrics
 from ..protocol import SAMPLE_RATE, SynthesisOptions
 from ..text.pronunciation import Lexicon
 from ..versions import V0_19, V1_0, ModelVersion
+from .compiled_vocoder import CompiledVocoder
 from .dummy_weights import make_dummy_model
 from .kokoro_v0_19 import KokoroV019Wrapper
 from .kokoro_v1 import KokoroV1Wrapper
@@ -63,17 +64,28 @@ class ModelReplica:
         else:
             root = Path(settings.model_root)
             model, voices = load_model(self.version, config, root), VoiceLibrary(self.version, root)
-        self.engine = ENGINES[version.name](fold_weight_norm(model).to(self.device), voices, settings.batching)
+        model = fold_weight_norm(model).to(self.device)
+        vocoder = None if settings.compile == "off" else CompiledVocoder(model.decoder, settings.compile,
+                                                                          settings.compile_cache_dir)
+        self.engine = ENGINES[version.name](model, voices, settings.batching, vocoder)
         if settings.lexicon_path is not None:  # a bad file fails the replica's start: a config error
             self.engine.lexicon = Lexicon.read(settings.lexicon_path, model.vocab, self.version.name)
         self._fatal: Exception | None = None
         self._counts = {"chunks": 0, "cancelled": 0}
         self._stuck_batch_s = settings.batching.stuck_batch_s
         self._metrics = ReplicaMetrics(self.version.name)
+        self._compile = {"mode": settings.compile, "compiled": False, "seconds": 0.0}
+        if vocoder is not None:  # before the replica reports ready: no request waits on a compile
+            self._compile["seconds"] = round(vocoder.warm_up(self.engine.speak_warm_up_shapes), 1)
+            self._compile["compiled"] = vocoder.failure is None
+            if vocoder.failure is not None:
+                self._metrics.compile_failed()
         self.engine.model_thread.on_batch = self._batch_done
-        logger.info("%s replica ready on %s with %d torch threads, %d voices, batches of up to %d",
+        logger.info("%s replica ready on %s with %d torch threads, %d voices, batches of up to %d, vocoder %s",
                     self.version.name, self.device, torch.get_num_threads(), len(voices.names()),
-                    self.engine.model_thread.policy.max_batch_size)
+                    self.engine.model_thread.policy.max_batch_size,
+                    f"compiled ({settings.compile}) in {self._compile['seconds']:.1f} s"
+                    if self._compile["compiled"] else "eager")
 
     async def forward(self, text: str, options: SynthesisOptions, due: float | None = None):
         """The engine's chunks of one piece, counted; a cancellation or a failure is logged."""
@@ -101,7 +113,7 @@ class ModelReplica:
 
     def stats(self) -> dict:
         return {**self._counts, "batches": dict(self.engine.model_thread.batch_sizes),
-                "torch_threads": torch.get_num_threads()}
+                "torch_threads": torch.get_num_threads(), "compile": dict(self._compile)}
 
     def voices(self) -> list[str]:
         return self.engine.voices.names()

@@ -11,6 +11,10 @@ them, and exits 0, so that `serve run` then serves them offline. When the hub ca
 reached, or a download or its verification fails, it stops with exit code 2 and one message
 naming the ways forward: the download command (or copying the files by hand), or dummy weights.
 
+With --effective-config PATH it then writes the config `serve run` is to deploy: the given one with,
+for each such application, the args as resolved here (overrides applied, absolute paths) and the
+KOKORO_WEIGHTS and KOKORO_MODEL_ROOT set in this shell carried in its runtime_env (effective_config).
+
 Before downloading it sends the hub one HEAD with a short timeout (HF_HUB_ETAG_TIMEOUT, else
 5 s) and no retries: huggingface_hub itself retries an unreachable hub with backoff before it
 gives up (23 s for a refused connection, minutes for a hub that never answers).
@@ -28,7 +32,7 @@ from huggingface_hub import get_hf_file_metadata, hf_hub_url
 from huggingface_hub.errors import HfHubHTTPError
 import yaml
 
-from ..config import resolve_args
+from ..config import ENV_OVERRIDES, resolve_args
 from ..errors import ModelFileError
 from ..versions import VERSIONS, ModelVersion
 from .download import DownloadError, download_version, release_files, verify_version
@@ -50,13 +54,19 @@ class Wanted(NamedTuple):
     config_path: str | None  # the config.json the app uses instead of the packaged one
 
 
+def read_config(config_file: Path) -> dict:
+    return yaml.safe_load(Path(config_file).read_text("utf-8")) or {}
+
+
+def kokoro_apps(config: dict) -> list[dict]:
+    """The config's applications that build this project's app."""
+    return [app for app in config.get("applications") or [] if app.get("import_path") == APP_IMPORT_PATH]
+
+
 def served_from_files(config_file: Path) -> list[Wanted]:
     """Every version the config's Kokoro applications serve from local files (not dummy)."""
-    config = yaml.safe_load(Path(config_file).read_text("utf-8")) or {}
     wanted = {}
-    for app in config.get("applications") or []:
-        if app.get("import_path") != APP_IMPORT_PATH:
-            continue
+    for app in kokoro_apps(read_config(config_file)):
         args = resolve_args(app.get("args") or {})
         if args.weights == "dummy":
             print(f"first run: application {app.get('name')!r} uses dummy weights: nothing to fetch", flush=True)
@@ -64,6 +74,36 @@ def served_from_files(config_file: Path) -> list[Wanted]:
         for name in args.versions:
             wanted.setdefault((Path(args.model_root), name), args.configs.get(name))
     return [Wanted(root, VERSIONS[name], path) for (root, name), path in wanted.items()]
+
+
+def effective_config(config_file: Path) -> dict:
+    """The config to deploy: each Kokoro application with its args as resolved here (this shell's
+    overrides applied, paths absolute; the API key left out), and the overrides set in this shell
+    (KOKORO_WEIGHTS, KOKORO_MODEL_ROOT: config.ENV_OVERRIDES), as resolved, in its runtime_env.
+
+    Serve builds the app, and runs its replicas, in Ray workers that have the raylet's environment
+    and working directory plus the application's runtime_env. A cluster that `serve run` starts
+    inherits this shell; one started before it has neither this shell's variables nor its directory.
+    runtime_env's env_vars also win over the raylet's own (a KubeRay pod's KOKORO_WEIGHTS)."""
+    config = read_config(config_file)
+    set_here = {key: var for key, var in ENV_OVERRIDES.items() if os.environ.get(var)}
+    for app in kokoro_apps(config):
+        args = app.get("args") or {}
+        # Never write a key from the environment into a file that Serve shows (`serve config`).
+        pinned = resolve_args(args).model_dump(include=(set(args) | set(ENV_OVERRIDES)) - {"api_key"})
+        app["args"] = {**args, **pinned}
+        if set_here:
+            env_vars = app.setdefault("runtime_env", {}).setdefault("env_vars", {})
+            env_vars.update({var: str(pinned[key]) for key, var in set_here.items()})
+    return config
+
+
+def write_effective_config(config_file: Path, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (f"# Written by `python -m serve_app.first_run {config_file} --effective-config {path}`: {config_file}\n"
+              f"# with this shell's Kokoro overrides carried and paths made absolute. Edit {config_file}, not this.\n")
+    path.write_text(header + yaml.safe_dump(effective_config(config_file), sort_keys=False), "utf-8")
+    print(f"first run: {path}: {config_file} as Serve is to deploy it", flush=True)
 
 
 def missing_paths(item: Wanted) -> list[str]:
@@ -140,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve_app.first_run", description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path, nargs="?", default=Path("serve_config.yaml"),
                         help="the Serve config `serve run` is given (default: serve_config.yaml)")
+    parser.add_argument("--effective-config", type=Path, metavar="PATH", help=(
+        "once the weights are in place, write here the config for `serve run`: this one carrying the "
+        "shell's KOKORO_WEIGHTS and KOKORO_MODEL_ROOT, which a Ray cluster started before would not see"))
     args = parser.parse_args(argv)
     try:
         wanted = served_from_files(args.config)
@@ -147,16 +190,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.config}: {e}", file=sys.stderr)
         return 1
     missing = [item for item in wanted if missing_paths(item)]
-    if not missing:
-        if wanted:
-            print(f"first run: weights in place for {', '.join(i.version.name for i in wanted)}", flush=True)
-        return 0
-    try:
-        probe_hub(missing[0].version)
-        for item in missing:
-            fetch(item)
-    except NotReady as e:
-        print(not_ready_message(str(e), missing), file=sys.stderr, flush=True)
-        return EXIT_NOT_READY
+    if missing:
+        try:
+            probe_hub(missing[0].version)
+            for item in missing:
+                fetch(item)
+        except NotReady as e:
+            print(not_ready_message(str(e), missing), file=sys.stderr, flush=True)
+            return EXIT_NOT_READY
+    elif wanted:
+        print(f"first run: weights in place for {', '.join(i.version.name for i in wanted)}", flush=True)
+    if args.effective_config:
+        write_effective_config(args.config, args.effective_config)
     return 0
 

@@ -14,8 +14,9 @@ import pytest
 from serve_app.config import IngressConfig
 from serve_app.errors import InvalidRequest
 from serve_app.ingress.live_protocol import parse_message
-from serve_app.ingress.live_speech import AudioCredit
+from serve_app.ingress.live_speech import AudioCredit, LiveJob, LiveSession
 from serve_app.ingress.speech_validation import text_pieces
+from serve_app.protocol import SynthesisOptions
 from serve_app.text.live_text import LiveText
 from serve_app.text.pieces import split_text
 from serve_app.versions import V1_0
@@ -99,6 +100,39 @@ def test_audio_past_the_window_waits_for_an_ack():
         await asyncio.wait_for(blocked, 1)
         await credit.take(2, 2)  # 1 + 2 s fit the window
     asyncio.run(run())
+
+
+class ScriptedSocket:
+    """A client that sends these messages, then waits; keeps what the server sends."""
+
+    def __init__(self, messages: list[dict]):
+        self._incoming = [{"type": "websocket.receive", "text": json.dumps(m)} for m in messages]
+        self.sent, self.close_code = [], None
+
+    async def receive(self) -> dict:
+        if not self._incoming:
+            await asyncio.Event().wait()  # no more messages: the client only listens
+        return self._incoming.pop(0)
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    async def close(self, code: int) -> None:
+        self.close_code = code
+
+
+def test_every_flush_is_answered_even_when_nothing_in_it_is_speakable():
+    """Zero-width and format characters are dropped as they arrive: the utterance holds nothing, yet
+    the client waiting for its end gets `utterance.done` (no audio, not even a wav header)."""
+    ws = ScriptedSocket([{"type": "text", "text": "\u200b\u2060\ufeff\u00ad"}, {"type": "flush"},
+                         {"type": "flush"}, {"type": "text", "text": "  \n "}, {"type": "flush"}, {"type": "close"}])
+    job = LiveJob(V1_0, SynthesisOptions(voice="af_heart", lang_code="a"), "wav", [])
+
+    async def run():  # no piece, so no model call and no metric
+        await asyncio.wait_for(LiveSession(ws, None, job, IngressConfig(), None).run(), 10)
+    asyncio.run(run())
+    assert ws.sent == [{"type": "utterance.done", "utterance": n, "seconds": 0.0} for n in range(3)]
+    assert ws.close_code == 1000
 
 
 @pytest.fixture(scope="module")

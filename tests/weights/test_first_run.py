@@ -93,6 +93,32 @@ def test_dummy_weights_need_nothing(how, hub, probe, tmp_path, monkeypatch):
     assert not root.exists()
 
 
+def test_effective_config_carries_the_shells_overrides_to_a_running_cluster(tmp_path, monkeypatch):
+    """Serve builds the app in a Ray worker with the cluster's environment and directory, not this shell's:
+    the config `make serve` deploys carries the overrides (runtime_env wins over the cluster's environment)
+    and the paths as resolved here."""
+    from serve_app.config_check import validate_serve_config
+
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "c.yaml", model_root="./models", weights="local")
+    monkeypatch.setenv("KOKORO_WEIGHTS", "dummy")
+    out = tmp_path / "build" / "serve_config.yaml"
+    assert first_run.main([str(config), "--effective-config", str(out)]) == 0
+    written = yaml.safe_load(out.read_text())
+    validate_serve_config(written)
+    (kokoro, other), (_, other_before) = written["applications"], yaml.safe_load(config.read_text())["applications"]
+    assert kokoro["runtime_env"]["env_vars"] == {**project_app_config()["runtime_env"]["env_vars"],
+                                                 "KOKORO_WEIGHTS": "dummy"}
+    assert kokoro["args"]["weights"] == "dummy" and kokoro["args"]["model_root"] == str(tmp_path / "models")
+    assert other == other_before  # another project's application is left alone
+
+    monkeypatch.delenv("KOKORO_WEIGHTS")
+    monkeypatch.setenv("KOKORO_MODEL_ROOT", "elsewhere")
+    (kokoro, _) = first_run.effective_config(config)["applications"]
+    assert kokoro["runtime_env"]["env_vars"]["KOKORO_MODEL_ROOT"] == str(tmp_path / "elsewhere")
+    assert "KOKORO_WEIGHTS" not in kokoro["runtime_env"]["env_vars"] and kokoro["args"]["weights"] == "local"
+
+
 def test_files_in_place_exit_at_once_without_loading_them(tmp_path):
     """Only looked for: these 'weights' are not even a checkpoint, and torch is never imported."""
     root = tmp_path / "models"
