@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build; set TORCH_SPEC=torch (or a CUDA index) on GPU machines.
 TORCH_SPEC ?= torch==2.13.0
-# The CPU benchmark: starts the service itself with dummy full-size weights.
-BENCH_ARGS ?= --serve-config bench/serve_config_cpu.yaml --serve-versions v1.0
+# The CPU benchmark: starts the service itself with dummy full-size weights, once per vocoder compile
+# setting (eager, then compiled: on an empty inductor cache, then restarted on the one it filled).
+BENCH_ARGS ?= --serve-config bench/serve_config_cpu.yaml --serve-versions v1.0 --compile off,default
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

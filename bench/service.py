@@ -1,6 +1,7 @@
 """Start the service for the benchmark (`serve run` with dummy weights) and stop it afterwards."""
 from pathlib import Path
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,11 @@ def answers(url: str) -> bool:
         return httpx.get(f"{url}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def check_port_free(url: str) -> None:
+    if answers(url):
+        raise RuntimeError(f"a service already answers at {url}; stop it, or benchmark it with --no-start-service")
 
 
 def config_for_versions(config_path: str, versions: list[str]) -> dict:
@@ -35,8 +41,10 @@ def config_for_versions(config_path: str, versions: list[str]) -> dict:
 
 
 def with_model_settings(config: dict, max_batch_size: int | None = None, replicas: int | None = None,
-                        cpus: float | None = None, cpu_threads: int | str | None = None) -> dict:
-    """The config with the model replicas' batch size, count, CPUs or torch threads replaced (None: as configured)."""
+                        cpus: float | None = None, cpu_threads: int | str | None = None,
+                        compile: str | None = None, compile_cache_dir: str | None = None) -> dict:
+    """The config with the model replicas' batch size, count, CPUs, torch threads, vocoder compile
+    mode or inductor cache replaced (None: as configured)."""
     from serve_app.versions import VERSIONS
 
     models = {version.deployment for version in VERSIONS.values()}
@@ -46,8 +54,10 @@ def with_model_settings(config: dict, max_batch_size: int | None = None, replica
         if max_batch_size is not None:
             batching = app.setdefault("args", {}).setdefault("batching", {})
             batching["max_batch_size"] = max_batch_size
-        if cpu_threads is not None:
-            app.setdefault("args", {})["cpu_threads"] = cpu_threads
+        for arg, value in (("cpu_threads", cpu_threads), ("compile", compile),
+                           ("compile_cache_dir", compile_cache_dir)):
+            if value is not None:
+                app.setdefault("args", {})[arg] = value
         for deployment in app.get("deployments", []):
             if deployment["name"] not in models:
                 continue
@@ -59,26 +69,58 @@ def with_model_settings(config: dict, max_batch_size: int | None = None, replica
     return config
 
 
+def model_replicas(config: dict) -> int:
+    """How many model replicas the config starts (an autoscaled deployment: its minimum, at least 1)."""
+    from serve_app.versions import VERSIONS
+
+    models = {version.deployment for version in VERSIONS.values()}
+    count = 0
+    for app in config["applications"]:
+        for deployment in app.get("deployments", []):
+            if deployment["name"] in models:
+                replicas = deployment.get("num_replicas")
+                if not isinstance(replicas, int):
+                    replicas = max(1, (deployment.get("autoscaling_config") or {}).get("min_replicas", 1))
+                count += replicas
+    return count
+
+
+# A model replica's last start-up line (serve_app/model/replica.py): its vocoder compiled, or eager.
+READY_LINE = re.compile(r"replica ready on \S+ with .*, vocoder (?:compiled \(([\w-]+)\) in ([\d.]+) s|eager)")
+
+
+def replica_vocoders(log_text: str) -> list[float | None]:
+    """Per model replica start in a `serve run` log, in order: its compile seconds, or None (eager)."""
+    return [float(m.group(2)) if m.group(1) else None for m in READY_LINE.finditer(log_text)]
+
+
 class ServeProcess:
     """`serve run` of `config` (a dict) with KOKORO_WEIGHTS=dummy in its own process group, on a
-    fresh local Ray.
+    fresh local Ray; `env` sets (or, with None, removes) more of its environment variables.
 
     The config decides the port: `url` must point at it. Stopping: SIGINT to `serve run` (it
     shuts Serve down and its Ray with it), then SIGTERM and SIGKILL to the whole group.
+    `up_s`: seconds from starting `serve run` until /health answered 200.
     """
 
-    def __init__(self, config: dict, url: str, log_path: Path, startup_timeout_s: float = 600):
-        if answers(url):
-            raise RuntimeError(f"a service already answers at {url}; stop it, or benchmark it with "
-                               "--no-start-service")
+    def __init__(self, config: dict, url: str, log_path: Path, startup_timeout_s: float = 600,
+                 env: dict[str, str | None] | None = None):
+        check_port_free(url)
         self.config_path = log_path.with_suffix(".yaml")
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.url, self.log_path, self.startup_timeout_s = url, log_path, startup_timeout_s
+        self.env = env or {}
         self.process: subprocess.Popen | None = None
+        self.started: float | None = None  # time.monotonic() when `serve run` started
+        self.up_s: float | None = None
 
     def __enter__(self) -> "ServeProcess":
         serve_cli = Path(sys.executable).with_name("serve")
-        env = {**os.environ, "KOKORO_WEIGHTS": "dummy", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+        # RAY_DEDUP_LOGS=0: every replica's start-up lines reach the log (replica_vocoders counts them).
+        env = {**os.environ, "KOKORO_WEIGHTS": "dummy", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
+               "RAY_DEDUP_LOGS": "0", **self.env}
+        env = {key: value for key, value in env.items() if value is not None}
+        self.started = time.monotonic()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [str(serve_cli) if serve_cli.exists() else "serve", "run", "--address", "local", str(self.config_path)],
@@ -88,6 +130,7 @@ class ServeProcess:
         except BaseException:
             self.stop()
             raise
+        self.up_s = time.monotonic() - self.started
         return self
 
     @property
@@ -106,10 +149,19 @@ class ServeProcess:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no answer from {self.url}/health after {self.startup_timeout_s} s; "
                                    f"see {self.log_path}")
-            time.sleep(1)
+            time.sleep(0.5)
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def vocoders(self, expected: int = 1, wait_s: float = 15) -> list[float | None]:
+        """replica_vocoders of this start's log, once `expected` replicas have logged their start (Ray
+        forwards replicas' lines to `serve run` within a second or so) or after wait_s."""
+        deadline = time.monotonic() + wait_s
+        while len(found := replica_vocoders(self.log_path.read_text(errors="replace"))) < expected \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return found
 
     def stop(self) -> None:
         if self.process is None:

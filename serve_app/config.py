@@ -16,7 +16,7 @@ CPU_MAX_BATCH_SIZE = 1
 GPU_MAX_BATCH_SIZE = 32
 
 # Environment variables that take precedence over the config file's args.
-ENV_OVERRIDES = {"weights": "KOKORO_WEIGHTS", "model_root": "KOKORO_MODEL_ROOT"}
+ENV_OVERRIDES = {"weights": "KOKORO_WEIGHTS", "model_root": "KOKORO_MODEL_ROOT", "compile": "KOKORO_COMPILE"}
 # The API key: the key itself, or a file holding it (a mounted Kubernetes secret). Set but empty is an error.
 API_KEY_ENV, API_KEY_FILE_ENV = "KOKORO_API_KEY", "KOKORO_API_KEY_FILE"
 
@@ -87,6 +87,17 @@ CPU_THREADS_DOC = (
     "they share the cores, at 2-10% of throughput on a 2-core machine (docs/benchmarks.md).")
 
 
+# torch.compile's mode for the vocoder, or `off` for eager PyTorch (serve_app.model.compiled_vocoder).
+CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"]
+COMPILE_DOC = (
+    "How model replicas run the vocoder: `off` (eager PyTorch) or a torch.compile mode. Compiling takes "
+    "tens of seconds at replica start (less from a warm compile_cache_dir) and makes each replica faster "
+    "(docs/benchmarks.md). A compile that fails leaves the replica serving eagerly. Env KOKORO_COMPILE overrides.")
+COMPILE_CACHE_DOC = (
+    "Where inductor keeps compiled kernels between starts (TORCHINDUCTOR_CACHE_DIR): replicas that share it "
+    "start in seconds, not a minute. Unset: inductor's default under /tmp.")
+
+
 class ModelSettings(BaseModel):
     """What a model replica needs to load its version."""
 
@@ -97,6 +108,8 @@ class ModelSettings(BaseModel):
     batching: BatchPolicy = Field(default_factory=BatchPolicy, description="Batching across requests.")
     lexicon_path: str | None = Field(None, description="A custom lexicon (word -> phonemes) for this version.")
     cpu_threads: CpuThreads = Field(None, description=CPU_THREADS_DOC)
+    compile: CompileMode = Field("off", description=COMPILE_DOC)
+    compile_cache_dir: str | None = Field(None, description=COMPILE_CACHE_DOC)
 
 
 class AppArgs(IngressConfig):
@@ -115,6 +128,8 @@ class AppArgs(IngressConfig):
     lexicons: dict[str, str] = Field(default_factory=dict, description=(
         "Per-version custom lexicon: a JSON or YAML file mapping words to phonemes of that version."))
     cpu_threads: CpuThreads = Field(None, description=CPU_THREADS_DOC)
+    compile: CompileMode = Field("off", description=COMPILE_DOC)
+    compile_cache_dir: str | None = Field(None, description=COMPILE_CACHE_DOC)
 
     def ingress_config(self) -> IngressConfig:
         return IngressConfig(**self.model_dump(include=set(IngressConfig.model_fields)))
@@ -122,7 +137,8 @@ class AppArgs(IngressConfig):
     def model_settings(self, version: str) -> ModelSettings:
         return ModelSettings(version=version, weights=self.weights, model_root=self.model_root,
                              config_path=self.configs.get(version), batching=self.batching,
-                             lexicon_path=self.lexicons.get(version), cpu_threads=self.cpu_threads)
+                             lexicon_path=self.lexicons.get(version), cpu_threads=self.cpu_threads,
+                             compile=self.compile, compile_cache_dir=self.compile_cache_dir)
 
 
 def resolve_args(args: dict) -> AppArgs:
@@ -139,6 +155,8 @@ def resolve_args(args: dict) -> AppArgs:
     resolved.model_root = str(Path(resolved.model_root).resolve())
     resolved.configs = {v: str(Path(p).resolve()) for v, p in resolved.configs.items()}
     resolved.lexicons = {v: str(Path(p).resolve()) for v, p in resolved.lexicons.items()}
+    if resolved.compile_cache_dir is not None:
+        resolved.compile_cache_dir = str(Path(resolved.compile_cache_dir).resolve())
     return resolved
 
 

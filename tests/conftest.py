@@ -88,7 +88,8 @@ def project_app_config(**args) -> dict:
     config = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     app = copy.deepcopy(config["applications"][0])
     # The session's Ray counts 8 CPUs on a 2-core machine: `node` threads would oversubscribe it 4 times.
-    app["args"] = {**app["args"], "cpu_threads": None, **args}
+    # Compiling takes a minute a replica here: only the tests about it compile (tests/test_compiled_serving.py).
+    app["args"] = {**app["args"], "cpu_threads": None, "compile": "off", **args}
     versions = app["args"]["versions"]
     from serve_app.versions import VERSIONS
 

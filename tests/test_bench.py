@@ -4,6 +4,7 @@ from pathlib import Path
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -251,6 +252,120 @@ def test_paragraph_is_about_600_characters():
     assert 580 <= len(run.PARAGRAPH) <= 620
 
 
+def test_run_compile_settings_are_modes_the_app_takes_each_once_for_a_started_service():
+    args = run.parse_args(["--compile", "off, default"])
+    assert args.compile == ["off", "default"] and args.warm_restart
+    assert run.parse_args([]).compile is None  # the config's one setting
+    assert not run.parse_args(["--compile", "default", "--no-warm-restart"]).warm_restart
+    for bad in (["--compile", "off,off"], ["--compile", "fastest"], ["--compile", ","],
+                ["--url", "http://x", "--compile", "off"]):
+        with pytest.raises(SystemExit):
+            run.parse_args(bad)
+
+
+def test_run_without_compile_measures_the_setting_the_service_would_run(monkeypatch):
+    from bench.service import config_for_versions
+    from serve_app.config import AppArgs
+
+    config = config_for_versions(str(REPO_ROOT / "bench/serve_config_cpu.yaml"), ["v1.0"])
+    monkeypatch.delenv("KOKORO_COMPILE", raising=False)
+    assert run.configured_compile(config) == config["applications"][0]["args"].get("compile", AppArgs().compile)
+    config["applications"][0]["args"]["compile"] = "reduce-overhead"
+    assert run.configured_compile(config) == "reduce-overhead"
+    monkeypatch.setenv("KOKORO_COMPILE", "max-autotune-no-cudagraphs")  # the app takes the environment's first
+    assert run.configured_compile(config) == "max-autotune-no-cudagraphs"
+
+
+def test_service_config_carries_the_compile_setting_and_its_inductor_cache():
+    from bench.service import config_for_versions, model_replicas, with_model_settings
+    from serve_app.config import resolve_args
+
+    config = with_model_settings(config_for_versions(str(REPO_ROOT / "bench/serve_config_cpu.yaml"), ["v1.0"]),
+                                 replicas=3, compile="default", compile_cache_dir="/tmp/inductor-cache")
+    args = resolve_args(config["applications"][0]["args"])
+    assert (args.compile, args.compile_cache_dir) == ("default", "/tmp/inductor-cache")
+    assert model_replicas(config) == 3
+    assert model_replicas(config_for_versions(str(REPO_ROOT / "serve_config.yaml"), ["v1.0"])) >= 1  # autoscaled
+
+
+def test_service_log_tells_each_replicas_vocoder_compiled_or_eager():
+    from bench.service import replica_vocoders
+
+    prefix = "(ServeReplica:kokoro:KokoroV1Model pid=4242) INFO 2030-01-01 00:00:00,000 kokoro_KokoroV1Model abc -- "
+    log = "\n".join([
+        prefix + "KOKORO v1.0 IS RUNNING WITH DUMMY RANDOM WEIGHTS: it produces noise, not speech.",
+        prefix + "v1.0 replica ready on cpu with 1 torch threads, 54 voices, batches of up to 1, "
+                 "vocoder compiled (max-autotune-no-cudagraphs) in 41.3 s",
+        prefix + "v1.0 replica ready on cuda with 2 torch threads, 54 voices, batches of up to 32, vocoder eager",
+        "INFO 2030-01-01 00:00:01 Application 'kokoro' is ready at http://127.0.0.1:8000/."])
+    assert replica_vocoders(log) == [41.3, None]
+    assert replica_vocoders("") == []
+
+
+def setting_run(mode, factor, starts, rss_peak=int(1.2e9)):
+    from bench.stats import SettingRun
+
+    scenarios = {"short": measurement("short", 1, 0.9 * factor, 1.0 * factor, 3.0, wall=1.0 * factor),
+                 "paragraph": measurement("paragraph", 1, 4.0, 21.0 * factor, 40.0, wall=21.0 * factor)}
+    for m in scenarios.values():
+        m.rss_peak = rss_peak
+    return SettingRun(mode, starts, scenarios)
+
+
+def lone_baseline():
+    return baseline() + [measurement("short", 1, 1.0, 1.0, 3.0, wall=1.0, threads=2)]
+
+
+def test_run_compile_targets_hold_compiled_settings_to_eager_and_in_process():
+    from bench.stats import Start, compile_targets
+
+    eager = setting_run("off", 1.0, [Start("none", 10.0, 12.0, int(1.10e9), [None, None])])
+    compiled = setting_run("default", 0.5, [Start("fresh", 60.0, 62.0, int(1.05e9), [40.0, 41.0]),
+                                            Start("warm", 20.0, 22.0, int(1.08e9), [4.0, 4.2])])
+    lines = "\n".join(t.line() for t in compile_targets(compiled, eager, lone_baseline(), CORES))
+    assert [t.passed for t in compile_targets(compiled, eager, lone_baseline(), CORES)] == [True] * 5, lines
+    assert "0.450 / 1.000 = 0.450 (needs <= 0.8)" in lines       # short's first audio: 0.9 x 0.5 s
+    assert "3.810 / 2.000 = 1.905 (needs >= 1.5)" in lines       # 40 s of audio in 10.5 s
+    assert "fresh cache: 2/2 compiled (40.0 s, 41.0 s); warm cache: 2/2 compiled (4.0 s, 4.2 s)" in lines
+    assert "1080 MB / 1100 MB = 0.982" in lines                  # the higher of its two starts
+    assert "22.0 s - 12.0 s = +10.0 s (needs <= 30 s)" in lines
+
+    # Eager: the lone request's targets only (it misses them); a replica left eager, more memory, late.
+    assert [t.passed for t in compile_targets(eager, None, lone_baseline(), CORES)] == [False, False]
+    late = setting_run("default", 0.5, [Start("fresh", 60.0, 62.0, int(1.2e9), [40.0, None]),
+                                        Start("warm", 40.0, 42.5, int(1.0e9), [4.0, 4.2])])
+    assert [t.passed for t in compile_targets(late, eager, lone_baseline(), CORES)][2:] == [False] * 3
+    alone = setting_run("default", 0.5, [Start("fresh", 60.0, 62.0, None, [])])  # no eager, no log line, no restart
+    assert [t.passed for t in compile_targets(alone, None, [], CORES)] == [None] * 5
+
+
+def test_run_section_compares_each_compile_setting_with_eager(tmp_path):
+    from bench.stats import Start
+
+    eager = setting_run("off", 1.0, [Start("none", 10.0, 12.0, int(1.10e9), [None, None])], rss_peak=int(1.4e9))
+    compiled = setting_run("default", 0.5, [Start("fresh", 60.0, 62.0, int(1.05e9), [40.0, 41.0]),
+                                            Start("warm", 20.0, 22.0, int(1.08e9), [4.0, 4.2])])
+    runs = [eager, compiled]
+    section = run.render_settings("CPU, compiled and eager", "2030-01-01 00:00 UTC",
+                                  "python -m bench.run --compile off,default", {"CPU": "Test CPU"},
+                                  "http://127.0.0.1:8000", runs, lone_baseline(),
+                                  run.setting_targets(runs, lone_baseline(), CORES))
+    assert "Command: `python -m bench.run --compile off,default`" in section
+    assert "| off | none | 10.0 | 12.0 | eager (2 replicas) | 1100 | 1400 |" in section
+    assert "| default | fresh | 60.0 | 62.0 | 2/2 compiled (40.0 s, 41.0 s) | 1050 | 1200 |" in section
+    assert "| default | warm | 20.0 | 22.0 | 2/2 compiled (4.0 s, 4.2 s) | 1080 | - |" in section
+    assert "| default | short | 1 | 1 | 0 | 0.450 |" in section and "| off | paragraph | 1 | 1 | 0 | 4.000 |" in section
+    # compiled / eager: first audio, audio s/s, peak memory per scenario; time to ready per start
+    assert "| short | 0.50x | 2.00x | 0.86x |" in section and "| paragraph | 1.00x | 2.00x | 0.86x |" in section
+    assert "- default: time to ready 5.17x on a fresh inductor cache, 1.83x on a warm inductor cache" in section
+    targets = section.split("### Targets")[1]
+    assert targets.index("compile off:") < targets.index("compile default:")
+    assert "PASS  every replica runs the vocoder compiled (default)" in targets.split("compile default:")[1]
+    assert "every replica runs the vocoder compiled" not in targets.split("compile default:")[0]
+    report.record(section, "run", tmp_path / "benchmarks.md")  # a page's run section, like any other
+    assert report.MARKER.findall((tmp_path / "benchmarks.md").read_text()) == ["run"]
+
+
 # --- HTTP client against a fake speech server ------------------------------------------------
 
 DELAY_S = 0.4                                     # before the first byte
@@ -349,6 +464,52 @@ def test_run_service_sends_pcm_streams_and_sizes_scenarios(fake_server):
                and b["voice"] == "af_heart" and b["authorization"] == "Bearer sk-test" for b in bodies)
     assert [b["input"] for b in bodies[1:]] == [run.SHORT] * 3 + [run.PARAGRAPH] * 4
     assert results["c2"].polls["/health"]
+
+
+# --- bench.run starting the service itself, with a tiny model ----------------------------------
+
+
+@pytest.mark.slow
+def test_run_starts_a_service_for_each_compile_setting_and_times_it_to_ready(tmp_path):
+    """`bench.run --compile off,default` as `make bench` runs it, on `serve run` of a tiny model: each
+    setting's service timed to ready and its scenarios run; the compiled one started again on the
+    inductor cache its first start filled, where it compiles in less time."""
+    from serve_app.versions import V1_0
+
+    from tiny_release import tiny_config
+
+    model_config = tmp_path / "tiny.json"
+    model_config.write_text(json.dumps(tiny_config(V1_0)))
+    port = free_port()
+    config = yaml.safe_load((REPO_ROOT / "bench/serve_config_cpu.yaml").read_text())
+    config["http_options"].update(host="127.0.0.1", port=port)
+    config["applications"][0]["args"]["configs"] = {"v1.0": str(model_config)}
+    serve_config, out = tmp_path / "serve_config.yaml", tmp_path / "benchmarks.md"
+    serve_config.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "KOKORO_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--url", f"http://127.0.0.1:{port}", "--start-service",
+         "--serve-config", str(serve_config), "--no-in-process", "--scenarios", "short,s2", "--repeats", "1",
+         "--replicas", "1", "--replica-cpus", "1", "--cpu-threads", "1", "--compile", "off,default",
+         "--label", "tiny", "--out", str(out)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=540)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = out.read_text()
+    assert "--compile off,default" in text.split("Command: ")[1].splitlines()[0]
+    starts = re.findall(r"^\| (\S+) \| (none|fresh|warm) \| ([\d.]+) \| ([\d.]+) \| ([^|]+) \|", text, re.MULTILINE)
+    assert [(mode, cache) for mode, cache, *_ in starts] == [("off", "none"), ("default", "fresh"),
+                                                             ("default", "warm")], text
+    assert all(0 < float(health) <= float(ready) for _, _, health, ready, _ in starts)
+    vocoders = {cache: vocoder.strip() for _, cache, _, _, vocoder in starts}
+    assert vocoders["none"] == "eager (1 replica)"
+    compile_s = {cache: float(re.fullmatch(r"1/1 compiled \(([\d.]+) s\)", vocoders[cache])[1])
+                 for cache in ("fresh", "warm")}
+    assert compile_s["warm"] < compile_s["fresh"], vocoders  # the second start found the first one's kernels
+    for mode in ("off", "default"):
+        assert re.search(rf"^\| {mode} \| short \| 1 \| 1 \| 0 \|", text, re.MULTILINE), text
+        assert re.search(rf"^\| {mode} \| s2 \| 2 \| 2 \| 0 \|", text, re.MULTILINE), text
+    assert "PASS  every replica runs the vocoder compiled (default)" in text
+    assert "time to ready on a warm inductor cache within 30 s of eager's" in text
 
 
 # --- replica memory and the in-process baseline ----------------------------------------------

@@ -17,6 +17,7 @@ import os
 import time
 
 from kokoro.istftnet import Decoder
+from torch._dynamo.utils import counters
 import torch
 
 from ..logs import get_logger
@@ -35,6 +36,11 @@ def use_cache_dir(cache_dir: str | None) -> None:
         os.environ[INDUCTOR_CACHE_ENV] = cache_dir  # inductor reads it at each lookup
 
 
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process."""
+    return counters["stats"]["unique_graphs"]
+
+
 class CompiledVocoder:
     """A `Vocoder` compiled with dynamic shapes; runs eagerly when compiling fails or for an unwarmed shape."""
 
@@ -45,6 +51,7 @@ class CompiledVocoder:
         self.compiled = torch.compile(self.eager, mode=mode, dynamic=True)
         self.failure: Exception | None = None  # why compiling failed; the vocoder then stays eager
         self._warm = False
+        self._graphs_when_warm = 0
 
     def warm_up(self, speak_warm_up_shapes: Callable[[], object]) -> float:
         """Compile by speaking the shapes the replica will serve; the seconds it took. A failure is logged
@@ -58,7 +65,12 @@ class CompiledVocoder:
             logger.error("COMPILE FAILED (mode %s): the vocoder runs eagerly, at about 2/3 of the compiled "
                          "speed: %s: %s", self.mode, type(e).__name__, e, exc_info=e)
         self._warm = True
+        self._graphs_when_warm = compiled_graphs()
         return time.perf_counter() - started
+
+    def recompiles(self) -> int:
+        """Graphs compiled since warm-up (in this process): 0 unless a shape slipped past the stance."""
+        return compiled_graphs() - self._graphs_when_warm
 
     def __call__(self, *inputs):
         if self.failure is not None:

@@ -74,6 +74,7 @@ class ModelReplica:
         self._counts = {"chunks": 0, "cancelled": 0}
         self._stuck_batch_s = settings.batching.stuck_batch_s
         self._metrics = ReplicaMetrics(self.version.name)
+        self._vocoder = vocoder
         self._compile = {"mode": settings.compile, "compiled": False, "seconds": 0.0}
         if vocoder is not None:  # before the replica reports ready: no request waits on a compile
             self._compile["seconds"] = round(vocoder.warm_up(self.engine.speak_warm_up_shapes), 1)
@@ -112,8 +113,10 @@ class ModelReplica:
         self._metrics.batch_done(size, seconds, audio_s, waiting)
 
     def stats(self) -> dict:
+        compiled = self._vocoder is not None and self._vocoder.failure is None
         return {**self._counts, "batches": dict(self.engine.model_thread.batch_sizes),
-                "torch_threads": torch.get_num_threads(), "compile": dict(self._compile)}
+                "torch_threads": torch.get_num_threads(),
+                "compile": {**self._compile, "recompiles": self._vocoder.recompiles() if compiled else 0}}
 
     def voices(self) -> list[str]:
         return self.engine.voices.names()

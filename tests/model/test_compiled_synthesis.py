@@ -29,6 +29,7 @@ ATOL = 1e-4
 # Token counts (with the pads) from a word to the model's whole context, and speeds from 0.5 to 2.
 LENGTHS = (4, 9, 23, 60, 130, 257, 512)
 SPEEDS = (1.0, 2.0, 0.5, 1.3, 0.8, 1.0, 1.1)
+COMPARED = 5  # the first five lengths are compared with eager (the longest two only cost time)
 
 
 @dataclass
@@ -74,10 +75,10 @@ def test_warm_up_compiles_the_single_and_the_batched_graph(v1):
 
 def test_compiled_audio_equals_eager_single_and_batched(engine):
     model = engine.engine.model
-    items = make_items(LENGTHS, SPEEDS, seeds=range(20, 27))
+    items = make_items(LENGTHS[:COMPARED], SPEEDS[:COMPARED], seeds=range(20, 20 + COMPARED))
     eager_alone = [synthesize_batch(model, [item])[0] for item in items]
     compiled_alone = [synthesize_batch(model, [item], engine.vocoder)[0] for item in items]
-    for batch in (items[:2], items[2:5], items[3:7]):  # sizes 2, 3 and 4, padded to different lengths
+    for batch in (items[3:5], items[:4]):  # sizes 2 and 4, padded to different lengths
         eager = synthesize_batch(model, batch)
         for out, alone in zip(synthesize_batch(model, batch, engine.vocoder), eager):
             assert torch.equal(out.pred_dur, alone.pred_dur)
@@ -98,6 +99,7 @@ def test_no_piece_length_speed_or_batch_size_compiles_in_service(engine):
         synthesize_batch(engine.engine.model, items[:size], engine.vocoder)
     synthesize_batch(engine.engine.model, [items[4], items[4]], engine.vocoder)  # equal lengths: no padding
     assert unique_graphs() == engine.graphs
+    assert engine.vocoder.recompiles() == 0
 
 
 def test_a_failed_compile_leaves_the_vocoder_eager(v1, tmp_path):
