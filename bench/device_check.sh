@@ -35,8 +35,9 @@ site=$(mktemp -d /tmp/device-check-site.XXXXXX)  # beside the image's packages, 
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
-nvidia-smi -L 2>/dev/null || echo "nvidia-smi: none"
-"$python" - <<'EOF'
+log=$out/gpu_batching.log
+{ nvidia-smi -L 2>/dev/null || echo "nvidia-smi: none"; } | tee "$log"
+"$python" - <<'EOF' 2>&1 | tee -a "$log"
 import platform, torch, transformers
 cuda = torch.cuda.is_available()
 print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
@@ -46,7 +47,7 @@ EOF
 set +e
 # shellcheck disable=SC2086  # BENCH_ARGS is split at spaces on purpose
 timeout -k 15 "${BENCH_TIMEOUT_S:-470}" "$python" -m bench.gpu_batching --json "$out/gpu.json" \
-    --out "$out/benchmarks.md" ${BENCH_ARGS:-} 2>&1 | tee "$out/gpu_batching.log"
+    --out "$out/benchmarks.md" ${BENCH_ARGS:-} 2>&1 | tee -a "$log"
 status=${PIPESTATUS[0]}
 set -e
 rm -rf "$site"

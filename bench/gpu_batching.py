@@ -33,6 +33,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import signal
 import statistics
@@ -331,7 +332,7 @@ class Run:
         """Build the engines of one compile mode, warm (compile) its vocoder, and measure its cells."""
         import torch
 
-        from serve_app.model.compiled_vocoder import CompiledVocoder
+        from serve_app.model.compiled_vocoder import INDUCTOR_CACHE_ENV, CompiledVocoder
 
         cuda = torch.cuda.is_available() and self.device == "cuda"
         cells = self.cells(mode)
@@ -349,6 +350,7 @@ class Run:
             return
         # Cold, as a replica's first start; or --cache-dir's, as a start on a volume an earlier one filled.
         cache = self.args.cache_dir or tempfile.mkdtemp(prefix=f"inductor-{mode}-")
+        cache_env = os.environ.get(INDUCTOR_CACHE_ENV)  # the warm-up points inductor at `cache`: until the mode ends
         vocoder = None if mode == "off" else ObservedVocoder(CompiledVocoder(model.decoder, mode, cache))
         sizes = sorted({size for _, size in cells})
         engines = {size: build_engine(config, self.device, size, model=model, vocoder=vocoder) for size in sizes}
@@ -363,8 +365,11 @@ class Run:
                         self.skip_rest(mode, cells[index:], "budget")
                         break
                     started = time.monotonic()
-                    self.add_row({"mode": mode, **measure(engines[size], clients, self.args.seconds,
-                                                          self.args.piece, vocoder)})
+                    try:
+                        row = measure(engines[size], clients, self.args.seconds, self.args.piece, vocoder)
+                    except Exception as e:  # noqa: BLE001 - a mode that fails in service: reported, the run goes on
+                        row = {"clients": clients, "max_batch_size": size, "skipped": _error(e)}
+                    self.add_row({"mode": mode, **row})
                     self.cell_s = max(self.cell_s, time.monotonic() - started)
                 if recordings is not None:
                     summary["cudagraph_recordings"] = recordings.count
@@ -381,6 +386,10 @@ class Run:
                 torch.cuda.empty_cache()
             if not self.args.cache_dir:
                 shutil.rmtree(cache, ignore_errors=True)
+            if cache_env is None:
+                os.environ.pop(INDUCTOR_CACHE_ENV, None)
+            else:
+                os.environ[INDUCTOR_CACHE_ENV] = cache_env
             self.save()
 
     def compile(self, vocoder: ObservedVocoder, engine, summary: dict) -> None:
@@ -406,6 +415,10 @@ def uses_cuda_graphs(mode: str) -> bool:
         return bool(torch._inductor.list_mode_options(mode).get("triton.cudagraphs"))
     except Exception:  # noqa: BLE001 - an older torch
         return mode in ("reduce-overhead", "max-autotune")
+
+
+def _error(e: BaseException) -> str:
+    return f"error: {type(e).__name__}: {e}"[:300]
 
 
 def _closed(items):
@@ -438,8 +451,8 @@ def render(data: dict) -> str:
               "Failed batches | Peak GPU memory (MB) |", "|---" * 16 + "|"]
     for r in data["rows"]:
         if "skipped" in r:
-            lines.append(f"| {r['mode']} | {r['clients']} | {r['max_batch_size']} | skipped ({r['skipped']}) |"
-                         + " |" * 12)
+            reason = r["skipped"].replace("|", "/").replace("\n", " ")
+            lines.append(f"| {r['mode']} | {r['clients']} | {r['max_batch_size']} | skipped ({reason}) |" + " |" * 12)
             continue
         eager_calls = f"{r['eager_calls']} of {r['vocoder_calls']}" if "eager_calls" in r else "-"
         lines.append(f"| {r['mode']} | {r['clients']} | {r['max_batch_size']} | {r['audio_per_s']:.1f} | "
@@ -521,13 +534,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = replica_model(config, device)  # one model: each mode compiles its own vocoder over its decoder
         for mode in modes:
-            run.measure_mode(mode, config, model)
+            try:
+                run.measure_mode(mode, config, model)
+            except Exception as e:  # noqa: BLE001 - the other modes still run
+                if not run.data["modes"] or run.data["modes"][-1]["mode"] != mode:
+                    run.data["modes"].append({"mode": mode, "compile_s": None, "compiled": False, "failure": None})
+                run.data["modes"][-1].setdefault("skipped", _error(e))
+                print(f"mode {mode}: {_error(e)}", file=sys.stderr, flush=True)
     except OutOfTime:
-        done = {m["mode"] for m in run.data["modes"]}
         for mode in modes:
-            if mode not in done:
+            if mode not in {m["mode"] for m in run.data["modes"]}:
                 run.data["modes"].append({"mode": mode, "compile_s": None, "compiled": False, "failure": None,
                                           "skipped": "terminated"})
+            done = {(r["clients"], r["max_batch_size"]) for r in run.data["rows"] if r["mode"] == mode}
+            run.skip_rest(mode, [cell for cell in run.cells(mode) if cell not in done], "terminated")
         run.data["terminated"] = True
         print("terminated: recording what was measured", file=sys.stderr, flush=True)
     run.save()

@@ -628,29 +628,58 @@ def test_vocoder_profile_times_both_syntheses_and_counts_every_convolution(tmp_p
 
 
 @pytest.mark.slow
-def test_gpu_batching_bench_runs_on_the_cpu_without_kokoros_front_end(tmp_path):
-    """The GPU benchmark with a tiny model on the CPU, in a process where misaki cannot be imported
-    (as on a GPU machine that carries only kokoro's wheel)."""
+def test_gpu_batching_bench_measures_eager_and_compiled_on_the_cpu_without_kokoros_front_end(tmp_path):
+    """The GPU benchmark with a tiny model on the CPU, eager and compiled (`default`), in a process where
+    misaki cannot be imported (as on a GPU machine that carries only kokoro's wheel). Its one compile
+    uses inductor's default cache, which the compiled-synthesis tests fill with the same graphs: a
+    minute where it is filled, several on a cold cache of a busy 2-core machine."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from bench import gpu_batching
     from serve_app.versions import V1_0
 
     from tiny_release import tiny_config
 
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(tiny_config(V1_0)))
-    rows, out = tmp_path / "rows.json", tmp_path / "bench.md"
+    results, out = tmp_path / "gpu.json", tmp_path / "bench.md"
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()
     code = ("import sys; sys.modules['misaki'] = None\n"  # None in sys.modules: `import misaki` fails
             "from bench import gpu_batching\n"
             f"sys.exit(gpu_batching.main(['--config', {str(config)!r}, '--clients', '1,3', '--batch-sizes', '1,3',"
-            f" '--seconds', '0.5', '--piece', {FEW_WORDS!r}, '--json', {str(rows)!r}, '--out', {str(out)!r}]))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+            f" '--seconds', '0.5', '--piece', {FEW_WORDS!r}, '--compile-modes', 'off,default',"
+            f" '--cache-dir', {cache!r}, '--json', {str(results)!r}, '--out', {str(out)!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    table = json.loads(rows.read_text())
-    assert [(r["clients"], r["max_batch_size"]) for r in table] == [(1, 1), (3, 1), (1, 3), (3, 3)]
+    data = json.loads(results.read_text())
+    off, default = data["modes"]
+    assert (off["mode"], off["compile_s"], default["mode"]) == ("off", None, "default")
+    assert default["compiled"] and default["compile_s"] > 0, default["failure"]
+    rows = data["rows"]
+    cells = {mode: [(r["clients"], r["max_batch_size"]) for r in rows if r["mode"] == mode]
+             for mode in ("off", "default")}
+    # Eager measures the grid; compiled modes its diagonal (clients == max batch size).
+    assert cells == {"off": [(1, 1), (3, 1), (1, 3), (3, 3)], "default": [(1, 1), (3, 3)]}
     assert all(r["audio_per_s"] > 0 and r["pieces"] >= r["clients"] and r["first_p95"] >= r["first_p50"] > 0
-               for r in table)
-    assert all(r["mean_batch"] == 1 for r in table if r["max_batch_size"] == 1)
-    assert table[3]["mean_batch"] > 1  # three callers at once, batches of up to three: they formed
-    assert "| 3 | 3 |" in out.read_text() and "python -m bench.gpu_batching" in out.read_text()
+               and r["failed_batches"] == 0 for r in rows)
+    assert all(r["mean_batch"] == 1 for r in rows if r["max_batch_size"] == 1)
+    # three callers at once, batches of up to three: they formed
+    assert all(r["mean_batch"] > 1 for r in rows if (r["clients"], r["max_batch_size"]) == (3, 3))
+    for r in rows:
+        if r["mode"] == "default":
+            assert r["x_eager_audio"] == pytest.approx(r["audio_per_s"] / next(
+                e["audio_per_s"] for e in rows if e["mode"] == "off" and e["clients"] == r["clients"]
+                and e["max_batch_size"] == r["max_batch_size"]))
+            # Every batch called the vocoder once, compiled (its shape counted) or eagerly.
+            assert r["vocoder_calls"] == r["batches"] and 0 <= r["eager_calls"] <= r["vocoder_calls"]
+            assert (r["eager_calls"] < r["vocoder_calls"]) == (r["shapes"] > 0)
+    page = out.read_text()
+    assert page.count("<!-- bench: gpu -->") == 1 and "python -m bench.gpu_batching" in page
+    assert "| off | 3 | 3 |" in page and "| default | 3 | 3 |" in page and "| default | " in page.split("### Cells")[0]
+    # A run's JSON (a GPU machine's) recorded into a page: it replaces the section, the older one moves to the history.
+    assert gpu_batching.main(["--render", str(results), "--out", str(out)]) == 0
+    assert out.read_text().count("<!-- bench: gpu -->") == 1
+    assert "| default | 3 | 3 |" in report.history_path(out).read_text()
 
 
 @pytest.mark.slow

@@ -7,8 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from conftest import deploy
 from test_streaming import LONG_TEXT, model_stats, post, v1_app
+
+from conftest import deploy
 
 # Compiled audio is eager's within 1e-4 (tests/model/test_compiled_synthesis.py): at most 4 steps of 16 bits.
 MAX_PCM_STEPS = 4

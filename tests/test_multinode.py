@@ -192,7 +192,7 @@ def deployed(cluster, release, tmp_path_factory):
     config["http_options"] = {**config["http_options"], "host": "127.0.0.1", "port": http_port}
     (app,) = config["applications"]
     app["args"] = {**app["args"], "model_root": str(release.root), "weights": "local",
-                   "versions": list(MODELS), "configs": release.configs}
+                   "versions": list(MODELS), "configs": release.configs, "compile": "off"}
     validate_serve_config(config)
     path = tmp_path_factory.mktemp("multinode") / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -42,7 +42,8 @@ def serve_run(tmp_path_factory):
                     "--object-store-memory", str(100 * 2**20), "--min-worker-port", "0", "--max-worker-port", "0",
                     "--dashboard-agent-listen-port", str(free_port()), "--runtime-env-agent-port", "0",
                     "--ray-client-server-port", str(free_port())], cluster_env, temp_dir / "head.log", sessions)
-        shell = {**cluster_env, "KOKORO_WEIGHTS": "dummy", "RAY_ADDRESS": f"127.0.0.1:{port}"}
+        # Not compiled: two full-size replicas would compile for minutes here (tests/test_compiled_serving.py).
+        shell = {**cluster_env, "KOKORO_WEIGHTS": "dummy", "KOKORO_COMPILE": "off", "RAY_ADDRESS": f"127.0.0.1:{port}"}
         preflight = subprocess.run([sys.executable, "-m", "serve_app.first_run", "serve_config.yaml",
                                     "--effective-config", str(effective)], cwd=REPO_ROOT, env=shell,
                                    capture_output=True, text=True, timeout=60)

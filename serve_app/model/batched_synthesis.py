@@ -127,15 +127,17 @@ class _Frames:
         self.counts = counts  # on the CPU
         self.longest = int(counts.max())
         self._counts = counts.to(device)
-        self._ragged = bool((counts < self.longest).any())
+        # Every batch of several items is masked, padded or not: one code path (and one compiled graph)
+        # for all of them, where equal lengths would otherwise need a graph of their own.
+        self._batched = len(counts) > 1
 
     def masks(self, decoder: Decoder) -> dict[tuple[int, int], torch.Tensor]:
         """For each rate the decoder runs at, (scale, extra): 1.0 at each item's first `count * scale + extra`
         positions, [B, 1, longest * scale + extra].
 
-        Empty when no item is padded (a batch of one): the layers then run exactly as in kokoro.
+        Empty for a batch of one: the layers then run exactly as in kokoro.
         """
-        if not self._ragged:
+        if not self._batched:
             return {}
         masks = {}
         for scale, extra in _rates(decoder):
@@ -176,7 +178,9 @@ def _adain(adain: AdaIN1d, x: torch.Tensor, style: torch.Tensor, mask: torch.Ten
         return adain.norm(x).mul_(1 + gamma).add_(beta)
     norm = adain.norm
     count = mask.sum(-1, keepdim=True)
-    centred = (x - (x @ mask.mT) / count).mul_(mask)  # two passes: the variance of the centred values
+    # Sums as a masked reduction, not a product with the mask: inductor picks matrix-product code by
+    # size, which would split compiled batches into graphs by length.
+    centred = (x - (x * mask).sum(-1, keepdim=True) / count).mul_(mask)  # then the variance of the centred values
     var = torch.linalg.vector_norm(centred, dim=-1, keepdim=True).square_() / count
     # The norm's affine and the style's in one per-channel scale and shift.
     scale = (1 + gamma) * norm.weight[:, None] * torch.rsqrt(var + norm.eps)
@@ -212,7 +216,7 @@ class Vocoder(torch.nn.Module):
     Every operator here is batched and has a fixed shape per item count, so `torch.compile` with
     dynamic shapes fuses it once for every length: its many elementwise and normalisation passes
     between convolutions are what bounds eager PyTorch by memory traffic. `masks` are
-    `_Frames.masks(decoder)`: empty when no item is padded.
+    `_Frames.masks(decoder)`: empty for a batch of one.
     """
 
     def __init__(self, decoder: Decoder):

@@ -5,11 +5,13 @@ by one, each a trip through memory; inductor fuses them (1.5x a 130-token piece 
 on longer ones). Compiling takes tens of seconds, so it happens before the replica reports ready, on
 pieces of the shapes it will serve, with inductor's cache on disk for the next start.
 
-Dynamic shapes cover every frame count in a range, but the CPU's convolution backend changes below
-a size (oneDNN takes inputs over 20,480 values, a slower path the rest), which splits short pieces
-into other graphs. After warm-up the compiled code runs under the `eager_on_recompile` stance: a
-shape no warm-up covered runs eagerly (a piece of a few words, where fusion gains little) instead
-of compiling for a minute in the middle of a request. Nothing compiles in service.
+Dynamic shapes cover every frame count in a range, not all of them. On the CPU, convolutions take
+another backend below 20,480 input values (oneDNN above), so a lone piece of under ~40 frames (a few
+words) needs a graph of its own; a batch's masked sums take another code path past 4,096 values, so
+batches padded to under ~200 frames do too. Warm-up compiles the common shapes (serve_app.model.engine,
+`speak_warm_up_shapes`); after it, the compiled code runs under the `eager_on_recompile` stance: a shape
+no warm-up covered runs eagerly instead of compiling for a minute in the middle of a request. Nothing
+compiles in service.
 """
 from collections.abc import Callable
 from pathlib import Path

@@ -57,11 +57,11 @@ class KokoroEngine:
 
     def speak_warm_up_shapes(self) -> None:
         """Speak, once each, batches of the shapes the model thread will run: one item, and when it
-        batches, two of unequal lengths (padded: other code, and one graph covers every batch size).
+        batches, two (every batch of several items runs one masked code path, whatever its size).
         Compiled code is compiled here, before the replica reports ready, not in a client's request."""
         batches = [[WARM_UP_TOKENS]]
-        if self.model_thread.policy.max_batch_size > 1:
-            batches.append([WARM_UP_TOKENS, WARM_UP_TOKENS // 2])
+        if self.model_thread.policy.max_batch_size > 1:  # padded to a long piece: see compiled_vocoder
+            batches.append([2 * WARM_UP_TOKENS, WARM_UP_TOKENS])
         pack = self.voices.pack(VoiceBlend.single(self.voices.names()[0]))
         symbols = torch.tensor(sorted(self.model.vocab.values()))
         generator = torch.Generator().manual_seed(0)

@@ -102,6 +102,16 @@ def test_no_piece_length_speed_or_batch_size_compiles_in_service(engine):
     assert engine.vocoder.recompiles() == 0
 
 
+def test_pieces_of_a_few_words_and_more_run_compiled_alone_and_batched(engine):
+    # Other shapes need other graphs and run eagerly (serve_app.model.compiled_vocoder): a lone piece of
+    # under ~40 frames, a batch padded to under ~200. Every lone piece longer, and every batch padded to a
+    # long piece (unequal or equal lengths), must run the warmed graphs.
+    short, medium, long, longest = make_items(LENGTHS[3:], SPEEDS[3:], seeds=range(40, 44))
+    with torch.compiler.set_stance("fail_on_recompile"):  # raises rather than run eagerly or compile
+        for batch in ([short], [medium], [longest], [long, short], [longest, medium, long, short], [long, long]):
+            synthesize_batch(engine.engine.model, batch, engine.vocoder.compiled)
+
+
 def test_a_failed_compile_leaves_the_vocoder_eager(v1, tmp_path):
     # An unusable cache directory (here a file where the directory should be) fails the compile.
     blocker = tmp_path / "not-a-directory"
