@@ -15,7 +15,9 @@ from .versions import DEFAULT_VERSION, VERSIONS
 CPU_MAX_BATCH_SIZE = 1
 GPU_MAX_BATCH_SIZE = 32
 
-# Environment variables that take precedence over the config file's args.
+# Environment variables that take precedence over the config file's args. Read where Serve builds the app:
+# a Ray worker with the cluster's environment plus the app's runtime_env, not `serve run`'s shell
+# (`make serve` carries the shell's into runtime_env: serve_app.weights.first_run.effective_config).
 ENV_OVERRIDES = {"weights": "KOKORO_WEIGHTS", "model_root": "KOKORO_MODEL_ROOT", "compile": "KOKORO_COMPILE"}
 # The API key: the key itself, or a file holding it (a mounted Kubernetes secret). Set but empty is an error.
 API_KEY_ENV, API_KEY_FILE_ENV = "KOKORO_API_KEY", "KOKORO_API_KEY_FILE"
