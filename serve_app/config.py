@@ -93,8 +93,9 @@ CPU_THREADS_DOC = (
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"]
 COMPILE_DOC = (
     "How model replicas run the vocoder: `off` (eager PyTorch) or a torch.compile mode. Compiling takes "
-    "tens of seconds at replica start (less from a warm compile_cache_dir) and makes each replica faster "
-    "(docs/benchmarks.md). A compile that fails leaves the replica serving eagerly. Env KOKORO_COMPILE overrides.")
+    "tens of seconds at replica start (less from a warm compile_cache_dir); on 2 CPU cores it gained only 2-5% "
+    "through the service (docs/benchmarks.md). A compile that fails leaves the replica serving eagerly. "
+    "Env KOKORO_COMPILE overrides.")
 COMPILE_CACHE_DOC = (
     "Where inductor keeps compiled kernels between starts (TORCHINDUCTOR_CACHE_DIR): replicas that share it "
     "start in seconds, not a minute. Unset: inductor's default under /tmp.")

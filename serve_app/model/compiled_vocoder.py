@@ -52,6 +52,7 @@ class CompiledVocoder:
         self.eager = Vocoder(decoder)
         self.compiled = torch.compile(self.eager, mode=mode, dynamic=True)
         self.failure: Exception | None = None  # why compiling failed; the vocoder then stays eager
+        self.seconds = 0.0  # how long warm-up (compiling) took
         self._warm = False
         self._graphs_when_warm = 0
 
@@ -68,7 +69,15 @@ class CompiledVocoder:
                          "speed: %s: %s", self.mode, type(e).__name__, e, exc_info=e)
         self._warm = True
         self._graphs_when_warm = compiled_graphs()
-        return time.perf_counter() - started
+        self.seconds = time.perf_counter() - started
+        return self.seconds
+
+    def state(self) -> dict:
+        """What a replica reports of its vocoder: compiled or not (a failure serves eagerly), in how long,
+        and how many graphs were compiled after warm-up."""
+        compiled = self._warm and self.failure is None
+        return {"mode": self.mode, "compiled": compiled, "seconds": round(self.seconds, 1),
+                "recompiles": self.recompiles() if compiled else 0}
 
     def recompiles(self) -> int:
         """Graphs compiled since warm-up (in this process): 0 unless a shape slipped past the stance."""

@@ -18,7 +18,7 @@ from ..config import BatchPolicy
 from ..protocol import AudioChunk, SynthesisOptions, VoiceBlend, Word
 from ..text.phoneme_split import split_phonemes
 from ..text.pronunciation import Lexicon
-from .batched_synthesis import SynthesisItem, SynthesisOutput, synthesize_batch
+from .batched_synthesis import SynthesisItem, SynthesisOutput, Vocoder, synthesize_batch
 from .model_thread import ModelThread
 from .voices import VoiceLibrary
 
@@ -48,6 +48,7 @@ class KokoroEngine:
         self.voices = voices
         policy = (batching or BatchPolicy()).for_device(model.device.type)
         # The decoder's network: kokoro's modules eagerly, or compiled (serve_app.model.compiled_vocoder).
+        vocoder = Vocoder(model.decoder) if vocoder is None else vocoder  # made once, not per batch
         self._run_batch = partial(synthesize_batch, model, vocoder=vocoder)
         self.model_thread = ModelThread(self._run_batch, policy, release_memory=model.device.type == "cpu")
         # espeak-ng and misaki are not thread-safe: the front end runs on one thread of its own,

@@ -75,18 +75,17 @@ class ModelReplica:
         self._stuck_batch_s = settings.batching.stuck_batch_s
         self._metrics = ReplicaMetrics(self.version.name)
         self._vocoder = vocoder
-        self._compile = {"mode": settings.compile, "compiled": False, "seconds": 0.0}
         if vocoder is not None:  # before the replica reports ready: no request waits on a compile
-            self._compile["seconds"] = round(vocoder.warm_up(self.engine.speak_warm_up_shapes), 1)
-            self._compile["compiled"] = vocoder.failure is None
+            vocoder.warm_up(self.engine.speak_warm_up_shapes)
             if vocoder.failure is not None:
                 self._metrics.compile_failed()
+        compile_state = self.compile_state()
         self.engine.model_thread.on_batch = self._batch_done
         logger.info("%s replica ready on %s with %d torch threads, %d voices, batches of up to %d, vocoder %s",
                     self.version.name, self.device, torch.get_num_threads(), len(voices.names()),
                     self.engine.model_thread.policy.max_batch_size,
-                    f"compiled ({settings.compile}) in {self._compile['seconds']:.1f} s"
-                    if self._compile["compiled"] else "eager")
+                    f"compiled ({settings.compile}) in {compile_state['seconds']:.1f} s"
+                    if compile_state["compiled"] else "eager")
 
     async def forward(self, text: str, options: SynthesisOptions, due: float | None = None):
         """The engine's chunks of one piece, counted; a cancellation or a failure is logged."""
@@ -112,11 +111,14 @@ class ModelReplica:
         audio_s = sum(len(result.audio) for result in results) / SAMPLE_RATE
         self._metrics.batch_done(size, seconds, audio_s, waiting)
 
+    def compile_state(self) -> dict:
+        if self._vocoder is None:
+            return {"mode": "off", "compiled": False, "seconds": 0.0, "recompiles": 0}
+        return self._vocoder.state()
+
     def stats(self) -> dict:
-        compiled = self._vocoder is not None and self._vocoder.failure is None
         return {**self._counts, "batches": dict(self.engine.model_thread.batch_sizes),
-                "torch_threads": torch.get_num_threads(),
-                "compile": {**self._compile, "recompiles": self._vocoder.recompiles() if compiled else 0}}
+                "torch_threads": torch.get_num_threads(), "compile": self.compile_state()}
 
     def voices(self) -> list[str]:
         return self.engine.voices.names()
